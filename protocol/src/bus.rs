@@ -1,0 +1,338 @@
+//! The notify bus: newline-delimited JSON over TCP from `wechat-callback`
+//! (or anyone with the secret) to `ws-gateway`'s `--notify-listen` port.
+//!
+//! One request object per line, one answer line per request, in order.
+//! [`split_line`] cuts lines out of a read buffer and enforces
+//! [`MAX_LINE_BYTES`]; [`ScanNotify::parse`] turns a line into a request or
+//! the exact error code the contract names.
+
+use serde::{Deserialize, Serialize};
+
+/// The longest request line accepted, not counting the newline.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// An error code in an `{"ok":false,"error":"<code>"}` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BusError {
+    /// The line is not a JSON object of the expected shape.
+    BadJson,
+    /// `type` is not a kind of request this gateway knows.
+    UnknownType,
+    /// No browser is connected under that `fd`.
+    NoSuchClient,
+    /// The `ticket` given is not the connection's current QR ticket (or it
+    /// was already spent).
+    TicketMismatch,
+    /// `--notify-require-ticket` is on and the line has no `ticket`.
+    TicketRequired,
+    /// The gateway has `--notify-secret` and the line's `secret` differs.
+    Unauthorized,
+    /// The line is longer than [`MAX_LINE_BYTES`]; the connection is closed
+    /// after this answer.
+    LineTooLong,
+    /// The browser's send queue is full (a stuck or very slow client); the
+    /// push was not queued.
+    ClientBusy,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl BusError {
+    /// Every code, for metrics and tests.
+    pub const ALL: [BusError; 9] = [
+        BusError::BadJson,
+        BusError::UnknownType,
+        BusError::NoSuchClient,
+        BusError::TicketMismatch,
+        BusError::TicketRequired,
+        BusError::Unauthorized,
+        BusError::LineTooLong,
+        BusError::ClientBusy,
+        BusError::ShuttingDown,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn code(self) -> &'static str {
+        match self {
+            BusError::BadJson => "bad_json",
+            BusError::UnknownType => "unknown_type",
+            BusError::NoSuchClient => "no_such_client",
+            BusError::TicketMismatch => "ticket_mismatch",
+            BusError::TicketRequired => "ticket_required",
+            BusError::Unauthorized => "unauthorized",
+            BusError::LineTooLong => "line_too_long",
+            BusError::ClientBusy => "client_busy",
+            BusError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Parses a wire code back (the callback's bus client does this).
+    pub fn from_code(code: &str) -> Option<BusError> {
+        BusError::ALL.into_iter().find(|e| e.code() == code)
+    }
+
+    /// The whole answer line, newline included, ready to write.
+    pub fn answer_line(self) -> &'static [u8] {
+        match self {
+            BusError::BadJson => b"{\"ok\":false,\"error\":\"bad_json\"}\n",
+            BusError::UnknownType => b"{\"ok\":false,\"error\":\"unknown_type\"}\n",
+            BusError::NoSuchClient => b"{\"ok\":false,\"error\":\"no_such_client\"}\n",
+            BusError::TicketMismatch => b"{\"ok\":false,\"error\":\"ticket_mismatch\"}\n",
+            BusError::TicketRequired => b"{\"ok\":false,\"error\":\"ticket_required\"}\n",
+            BusError::Unauthorized => b"{\"ok\":false,\"error\":\"unauthorized\"}\n",
+            BusError::LineTooLong => b"{\"ok\":false,\"error\":\"line_too_long\"}\n",
+            BusError::ClientBusy => b"{\"ok\":false,\"error\":\"client_busy\"}\n",
+            BusError::ShuttingDown => b"{\"ok\":false,\"error\":\"shutting_down\"}\n",
+        }
+    }
+}
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::error::Error for BusError {}
+
+/// The success answer line, newline included.
+pub const OK_LINE: &[u8] = b"{\"ok\":true}\n";
+
+/// An answer line as parsed by a bus client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Answer {
+    /// Parses one answer line (without its newline). `Ok(())` for
+    /// `{"ok":true}`, the error code otherwise; an unreadable line or an
+    /// unknown code is `Err(None)`.
+    pub fn parse(line: &[u8]) -> Result<(), Option<BusError>> {
+        let answer: Answer = serde_json::from_slice(line).map_err(|_| None)?;
+        if answer.ok {
+            Ok(())
+        } else {
+            Err(answer.error.as_deref().and_then(BusError::from_code))
+        }
+    }
+}
+
+/// A `{"type":"scan",...}` request: tell the browser on `fd` who scanned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanNotify {
+    pub fd: u32,
+    pub nickname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openid: Option<String>,
+    /// The login token (a JWT) handed to the browser.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The QR ticket from WeChat's event; must match the connection's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// The shared `--notify-secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The shape a request line is first read into, so an unknown `type` is told
+/// apart from a malformed line.
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    fd: Option<serde_json::Value>,
+    nickname: Option<String>,
+    #[serde(default)]
+    openid: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+impl ScanNotify {
+    /// Parses one request line (without its newline).
+    ///
+    /// `bad_json` for anything that is not a JSON object with a string
+    /// `type`; `unknown_type` for a type other than `scan`; `bad_json` again
+    /// for a scan without a u32 `fd` or a string `nickname`.
+    pub fn parse(line: &[u8]) -> Result<ScanNotify, BusError> {
+        let raw: RawRequest = serde_json::from_slice(line).map_err(|_| BusError::BadJson)?;
+        if raw.kind != "scan" {
+            return Err(BusError::UnknownType);
+        }
+        let fd = raw
+            .fd
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or(BusError::BadJson)?;
+        let nickname = raw.nickname.ok_or(BusError::BadJson)?;
+        Ok(ScanNotify {
+            fd,
+            nickname,
+            openid: raw.openid,
+            token: raw.token,
+            ticket: raw.ticket,
+            secret: raw.secret,
+        })
+    }
+
+    /// The request as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            body: &'a ScanNotify,
+        }
+        let mut line = serde_json::to_vec(&Wire {
+            kind: "scan",
+            body: self,
+        })
+        .unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// What [`split_line`] found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, without its newline (and without a trailing `\r`).
+    Complete(Vec<u8>),
+    /// More than [`MAX_LINE_BYTES`] arrived without a newline, or a complete
+    /// line is longer than that.
+    TooLong,
+}
+
+/// Cuts the next line out of `buf`, removing it (and its newline) from the
+/// front. `None` when no complete line is there yet and the partial one is
+/// still within the limit.
+///
+/// `scanned` is how many bytes of `buf` are already known to hold no
+/// newline, so a long partial line is not rescanned on every read; pass the
+/// same variable on every call and it is kept up to date.
+pub fn split_line(buf: &mut Vec<u8>, scanned: &mut usize, max: usize) -> Option<Line> {
+    let start = (*scanned).min(buf.len());
+    match buf[start..].iter().position(|&b| b == b'\n') {
+        Some(pos) => {
+            let end = start + pos;
+            let mut line: Vec<u8> = buf.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            *scanned = 0;
+            if line.len() > max {
+                Some(Line::TooLong)
+            } else {
+                Some(Line::Complete(line))
+            }
+        }
+        None => {
+            *scanned = buf.len();
+            if buf.len() > max {
+                Some(Line::TooLong)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let n = ScanNotify::parse(br#"{"type":"scan","fd":42,"nickname":"Alice"}"#).unwrap();
+        assert_eq!(n.fd, 42);
+        assert_eq!(n.nickname, "Alice");
+        assert_eq!(n.ticket, None);
+    }
+
+    #[test]
+    fn error_codes_follow_the_contract() {
+        assert_eq!(ScanNotify::parse(b"not json"), Err(BusError::BadJson));
+        assert_eq!(ScanNotify::parse(b"[1,2]"), Err(BusError::BadJson));
+        assert_eq!(ScanNotify::parse(br#"{"fd":1}"#), Err(BusError::BadJson));
+        assert_eq!(
+            ScanNotify::parse(br#"{"type":"hello"}"#),
+            Err(BusError::UnknownType)
+        );
+        assert_eq!(
+            ScanNotify::parse(br#"{"type":"scan","nickname":"a"}"#),
+            Err(BusError::BadJson)
+        );
+        assert_eq!(
+            ScanNotify::parse(br#"{"type":"scan","fd":-1,"nickname":"a"}"#),
+            Err(BusError::BadJson)
+        );
+        assert_eq!(
+            ScanNotify::parse(br#"{"type":"scan","fd":4294967296,"nickname":"a"}"#),
+            Err(BusError::BadJson)
+        );
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let n = ScanNotify {
+            fd: 7,
+            nickname: "Bob \"quoted\"\n".into(),
+            openid: Some("o1".into()),
+            token: None,
+            ticket: Some("a+b/c=".into()),
+            secret: Some("s".into()),
+        };
+        let line = n.to_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(ScanNotify::parse(&line[..line.len() - 1]).unwrap(), n);
+    }
+
+    #[test]
+    fn answer_lines_parse_back() {
+        assert_eq!(Answer::parse(&OK_LINE[..OK_LINE.len() - 1]), Ok(()));
+        for e in BusError::ALL {
+            let line = e.answer_line();
+            assert_eq!(Answer::parse(&line[..line.len() - 1]), Err(Some(e)));
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(v["error"], e.code());
+        }
+    }
+
+    #[test]
+    fn split_line_handles_partial_crlf_and_limits() {
+        let mut buf = b"abc\r\nde".to_vec();
+        let mut scanned = 0;
+        assert_eq!(
+            split_line(&mut buf, &mut scanned, 10),
+            Some(Line::Complete(b"abc".to_vec()))
+        );
+        assert_eq!(split_line(&mut buf, &mut scanned, 10), None);
+        buf.extend_from_slice(b"f\n");
+        assert_eq!(
+            split_line(&mut buf, &mut scanned, 10),
+            Some(Line::Complete(b"def".to_vec()))
+        );
+        assert!(buf.is_empty());
+        let mut long = vec![b'x'; 11];
+        assert_eq!(split_line(&mut long, &mut scanned, 10), Some(Line::TooLong));
+        let mut exact = vec![b'x'; 10];
+        exact.push(b'\n');
+        let mut scanned = 0;
+        assert!(matches!(
+            split_line(&mut exact, &mut scanned, 10),
+            Some(Line::Complete(l)) if l.len() == 10
+        ));
+    }
+}

@@ -1,0 +1,276 @@
+//! Client for the WeChat Official Account API subset wechat-scan-login
+//! uses, shared by `ws-gateway` (QR codes) and `wechat-callback` (user
+//! info):
+//!
+//! - `POST /cgi-bin/stable_token`: the access token, cached in [`token`],
+//!   refreshed ahead of expiry by one caller at a time while the others wait
+//!   for the same result;
+//! - `POST /cgi-bin/qrcode/create`: temporary `QR_SCENE` codes;
+//! - `GET /cgi-bin/user/info`: who scanned (nickname is usually absent since
+//!   2021).
+//!
+//! Every answer with a non-zero `errcode` is [`ApiError::WeChat`] with that
+//! code and `errmsg`. On 40001/42001/40014 the token is refreshed once and
+//! the call retried once.
+
+mod token;
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use token::TokenCache;
+
+/// WeChat's production API.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
+
+/// errcodes meaning "this access token is not (or no longer) valid".
+pub const TOKEN_ERRCODES: [i64; 3] = [40001, 42001, 40014];
+
+/// Longest API answer read.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Why an API call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be sent or timed out.
+    #[error("WeChat API unreachable: {0}")]
+    Transport(String),
+    /// WeChat answered with a non-zero errcode.
+    #[error("WeChat API error {errcode}: {errmsg}")]
+    WeChat { errcode: i64, errmsg: String },
+    /// The answer was not the JSON expected.
+    #[error("unexpected WeChat API answer: {0}")]
+    BadAnswer(String),
+}
+
+impl ApiError {
+    /// The WeChat errcode, when there is one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            ApiError::WeChat { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+}
+
+/// Where and as whom to call the API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// e.g. [`DEFAULT_API_BASE`], or the simulator's address.
+    pub base: String,
+    pub app_id: String,
+    pub app_secret: String,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("base", &self.base)
+            .field("app_id", &self.app_id)
+            .field("app_secret", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A temporary QR code as `qrcode/create` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrCode {
+    pub ticket: String,
+    pub expire_seconds: u32,
+    /// What the QR code encodes (`http://weixin.qq.com/q/...`).
+    pub url: String,
+}
+
+/// A user as `user/info` returns it. Since 2021-12-27 `nickname` and
+/// `headimgurl` are absent or empty for most accounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub subscribe: i64,
+    #[serde(default)]
+    pub openid: String,
+    #[serde(default)]
+    pub nickname: Option<String>,
+    #[serde(default)]
+    pub headimgurl: Option<String>,
+    #[serde(default)]
+    pub remark: Option<String>,
+    #[serde(default)]
+    pub unionid: Option<String>,
+}
+
+/// The API client. Cheap to clone; clones share the token cache.
+#[derive(Clone)]
+pub struct WeChatApi {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ApiConfig,
+    tokens: TokenCache,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+}
+
+impl WeChatApi {
+    /// Builds a client (no request is made yet).
+    pub fn new(config: ApiConfig) -> Result<WeChatApi, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("wechat-scan-login/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        Ok(WeChatApi {
+            inner: std::sync::Arc::new(Inner {
+                http,
+                config,
+                tokens: TokenCache::default(),
+            }),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.config.base.trim_end_matches('/'), path)
+    }
+
+    /// The current access token (from the cache, or fetched).
+    pub async fn access_token(&self) -> Result<String, ApiError> {
+        self.inner.tokens.get(|force| self.fetch_token(force)).await
+    }
+
+    async fn fetch_token(&self, force_refresh: bool) -> Result<token::Fetched, ApiError> {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            grant_type: &'static str,
+            appid: &'a str,
+            secret: &'a str,
+            force_refresh: bool,
+        }
+        #[derive(Deserialize)]
+        struct Resp {
+            access_token: String,
+            expires_in: u64,
+        }
+        let cfg = &self.inner.config;
+        let req = self
+            .inner
+            .http
+            .post(self.url("/cgi-bin/stable_token"))
+            .json(&Req {
+                grant_type: "client_credential",
+                appid: &cfg.app_id,
+                secret: &cfg.app_secret,
+                force_refresh,
+            });
+        let resp: Resp = self.send(req).await?;
+        tracing::debug!(
+            expires_in = resp.expires_in,
+            force_refresh,
+            "access token fetched"
+        );
+        Ok(token::Fetched {
+            token: resp.access_token,
+            expires_in: Duration::from_secs(resp.expires_in),
+        })
+    }
+
+    /// Sends a request and reads a WeChat JSON answer.
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err(ApiError::BadAnswer(format!(
+                "answer of {} bytes",
+                body.len()
+            )));
+        }
+        if !status.is_success() {
+            return Err(ApiError::Transport(format!("HTTP {status}")));
+        }
+        if let Ok(e) = serde_json::from_slice::<ErrorFields>(&body)
+            && e.errcode != 0
+        {
+            return Err(ApiError::WeChat {
+                errcode: e.errcode,
+                errmsg: e.errmsg,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadAnswer(e.to_string()))
+    }
+
+    /// Runs a call that needs the access token; on a token errcode the token
+    /// is refreshed (once, shared with concurrent callers) and the call
+    /// retried once.
+    async fn with_token<T: DeserializeOwned>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let token = self.access_token().await?;
+        match self.send(build(&token)).await {
+            Err(ApiError::WeChat { errcode, .. }) if TOKEN_ERRCODES.contains(&errcode) => {
+                tracing::info!(errcode, "access token rejected; refreshing once");
+                let fresh = self
+                    .inner
+                    .tokens
+                    .invalidate(&token, |force| self.fetch_token(force))
+                    .await?;
+                self.send(build(&fresh)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Mints a temporary `QR_SCENE` code for `scene_id` (non-zero).
+    pub async fn create_qr_scene(
+        &self,
+        scene_id: u32,
+        expire_seconds: u32,
+    ) -> Result<QrCode, ApiError> {
+        let body = serde_json::json!({
+            "expire_seconds": expire_seconds,
+            "action_name": "QR_SCENE",
+            "action_info": {"scene": {"scene_id": scene_id}},
+        });
+        self.with_token(|t| {
+            self.inner
+                .http
+                .post(self.url("/cgi-bin/qrcode/create"))
+                .query(&[("access_token", t)])
+                .json(&body)
+        })
+        .await
+    }
+
+    /// Looks a user up by openid.
+    pub async fn user_info(&self, openid: &str) -> Result<UserInfo, ApiError> {
+        self.with_token(|t| {
+            self.inner.http.get(self.url("/cgi-bin/user/info")).query(&[
+                ("access_token", t),
+                ("openid", openid),
+                ("lang", "zh_CN"),
+            ])
+        })
+        .await
+    }
+}
