@@ -139,7 +139,8 @@
     '.scan-login[data-state="expired"] .sl-qr{filter:blur(2px) grayscale(1);opacity:.5;}',
     '.scan-login [hidden]{display:none !important;}',
     '@media (max-width:480px){.scan-login{max-width:100%;padding:12px;}',
-    '.scan-login .sl-hint{display:block;}}'
+    '.scan-login .sl-hint{display:block;}}',
+    '.scan-login:not([data-state="qr"]) .sl-hint{display:none;}'
   ].join('');
 
   function fmtTime(s) {

@@ -1,1 +1,1 @@
-//! placeholder
+//! placeholder until the e2e suite lands

@@ -1,1 +1,137 @@
-//! placeholder
+//! `wechat-callback`: the endpoint WeChat's servers call when a user scans
+//! a login QR code.
+//!
+//! Modules: [`config`] (settings), [`handler`] (HTTP routing), [`inbound`]
+//! (signature, timestamp, XML, decryption), [`dispatch`] (dedupe and the
+//! login flow), [`store`] (SQLite), [`bus_client`] (notify ws-gateway),
+//! [`text`] (names and reply templates), [`login_token`] (JWT),
+//! [`metrics`].
+
+pub mod bus_client;
+pub mod config;
+pub mod dispatch;
+pub mod handler;
+pub mod inbound;
+pub mod login_token;
+pub mod metrics;
+pub mod store;
+pub mod text;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use daemon_kit::http::ServeOptions;
+use daemon_kit::shutdown::{CancellationToken, GRACE};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Settings};
+
+/// How often old handled events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Shared state of the running server.
+pub struct App {
+    pub settings: Settings,
+    pub store: store::Store,
+    pub bus: bus_client::BusClient,
+    pub api: Option<wechat_api::WeChatApi>,
+    pub signer: Option<login_token::TokenSigner>,
+    pub metrics: metrics::Metrics,
+    pub inflight: dispatch::Inflight,
+    /// Work that must finish before the process exits.
+    pub tasks: TaskTracker,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds the server state: validates settings, opens the store, creates
+/// the API and bus clients.
+pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
+    let settings = config.settings()?;
+    let store = store::Store::open(&settings.db)
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", settings.db.display()))?;
+    let api = settings
+        .api
+        .clone()
+        .map(wechat_api::WeChatApi::new)
+        .transpose()?;
+    let signer = settings
+        .login_token_secret
+        .as_ref()
+        .map(|s| login_token::TokenSigner::new(s.expose()));
+    let bus = bus_client::BusClient::start(settings.notify_addr.clone(), settings.notify_timeout);
+    Ok(Arc::new(App {
+        settings,
+        store,
+        bus,
+        api,
+        signer,
+        metrics: metrics::Metrics::default(),
+        inflight: dispatch::Inflight::default(),
+        tasks: TaskTracker::new(),
+    }))
+}
+
+/// Serves on `listener` until `shutdown`, then lets work in flight finish.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = build(&config)?;
+    let pruner = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => match app.store.prune().await {
+                        Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(cause = %e, "prune failed"),
+                    },
+                }
+            }
+        })
+    };
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        notify = %app.settings.notify_addr,
+        db = %app.settings.db.display(),
+        safe_mode = app.settings.aes_key.is_some(),
+        "wechat-callback listening"
+    );
+    daemon_kit::systemd::ready(&shutdown);
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            daemon_kit::systemd::stopping();
+        });
+    }
+    let options = ServeOptions {
+        max_connections: app.settings.max_connections,
+        ..ServeOptions::default()
+    };
+    let handler_app = app.clone();
+    daemon_kit::http::serve(listener, options, shutdown, move |req, peer| {
+        handler::handle(handler_app.clone(), req, peer)
+    })
+    .await;
+    pruner.abort();
+    app.tasks.close();
+    if tokio::time::timeout(GRACE, app.tasks.wait()).await.is_err() {
+        tracing::warn!("callback work still running after the grace period");
+    }
+    tracing::info!("wechat-callback stopped");
+    Ok(())
+}

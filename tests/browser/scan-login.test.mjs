@@ -1,0 +1,338 @@
+// Real-browser test of the login page and scan-login.js.
+//
+// Starts wechat-sim and ws-gateway from $SCAN_LOGIN_BIN_DIR (default
+// <repo>/target/debug), drives Debian's Chromium headless through
+// playwright-core, and checks what a user would see:
+//   (a) the page shows a QR image that actually loads;
+//   (b) a notify-bus line for the page's fd turns it to "logged in";
+//   (c) an expired code is shown as such and "Refresh" brings a new one;
+//   (d) a gateway restart is survived: the page reconnects on its own.
+// Screenshots and process logs go to <repo>/artifacts/browser/.
+//
+// Run: tests/browser/run.sh   (after `cargo build --workspace`)
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '..', '..');
+const BIN_DIR = process.env.SCAN_LOGIN_BIN_DIR || path.join(REPO, 'target', 'debug');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = path.join(REPO, 'artifacts', 'browser');
+const WAIT_MS = 15000;
+const HOST = '127.0.0.1';
+
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+// ---- processes --------------------------------------------------------------
+
+const children = new Set();
+
+/** A free TCP port on 127.0.0.1 (bind port 0, read it, close). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a binary from BIN_DIR; its output goes to artifacts/browser/<label>.log. */
+function start(label, bin, args) {
+  const exe = path.join(BIN_DIR, bin);
+  if (!fs.existsSync(exe)) {
+    throw new Error(`${exe} does not exist: run \`cargo build --workspace\` first or set SCAN_LOGIN_BIN_DIR`);
+  }
+  const log = fs.createWriteStream(path.join(ARTIFACTS, `${label}.log`), { flags: 'a' });
+  log.write(`--- ${new Date().toISOString()} ${exe} ${args.join(' ')}\n`);
+  const child = spawn(exe, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
+  });
+  child.stdout.pipe(log, { end: false });
+  child.stderr.pipe(log, { end: false });
+  child.exited = new Promise((resolve) => child.once('exit', (code, sig) => { log.end(); resolve({ code, sig }); }));
+  children.add(child);
+  child.exited.then(() => children.delete(child));
+  return child;
+}
+
+/** SIGTERM, then SIGKILL if it has not gone within `graceMs`. */
+async function stop(child, graceMs = 5000) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const gone = await Promise.race([child.exited.then(() => true), sleep(graceMs).then(() => false)]);
+  if (!gone) {
+    child.kill('SIGKILL');
+    await child.exited;
+  }
+}
+
+process.on('exit', () => {
+  for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits for GET /healthz to answer 200 (100 × 100 ms). */
+async function waitHealthy(base, child) {
+  let last = '';
+  for (let i = 0; i < 100; i++) {
+    if (child && child.exitCode !== null) throw new Error(`${base}: process exited with ${child.exitCode}`);
+    try {
+      const res = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(1000) });
+      if (res.status === 200) return;
+      last = `HTTP ${res.status}`;
+    } catch (e) {
+      last = String(e.cause?.code || e.message);
+    }
+    await sleep(100);
+  }
+  throw new Error(`${base}/healthz never answered 200 (last: ${last})`);
+}
+
+/**
+ * Sends one NDJSON line to the gateway's notify port and returns the answer
+ * line, with `nc -N` as the contract shows (or a plain socket where there is
+ * no nc).
+ */
+function notify(port, obj) {
+  const line = JSON.stringify(obj) + '\n';
+  return new Promise((resolve, reject) => {
+    const nc = spawn('nc', ['-N', HOST, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => { nc.kill('SIGKILL'); reject(new Error(`nc timed out; got ${out}`)); }, 5000);
+    nc.stdout.on('data', (d) => { out += d; });
+    nc.stderr.on('data', (d) => { err += d; });
+    nc.on('error', (e) => {
+      clearTimeout(timer);
+      if (e.code !== 'ENOENT') return reject(e);
+      // No nc on this machine: same thing with a socket.
+      const sock = net.connect(port, HOST, () => { sock.end(line); });
+      let got = '';
+      sock.setTimeout(5000, () => { sock.destroy(); reject(new Error('notify timed out')); });
+      sock.on('data', (d) => { got += d; });
+      sock.on('error', reject);
+      sock.on('close', () => resolve(got.trim()));
+    });
+    nc.on('exit', (code) => {
+      clearTimeout(timer);
+      if (code === 0 || out) resolve(out.trim());
+      else reject(new Error(`nc exited ${code}: ${err}`));
+    });
+    nc.stdin.end(line);
+  });
+}
+
+/** The ticket in a QR image URL ending in `?ticket=<urlencoded ticket>`. */
+function ticketOf(url) {
+  const m = /[?&]ticket=([^&#]*)/.exec(url);
+  assert.ok(m, `no ticket in ${url}`);
+  return decodeURIComponent(m[1]);
+}
+
+const b64url = (s) => Buffer.from(s).toString('base64url');
+
+// ---- the browser ---------------------------------------------------------------
+
+let browser;
+const consoleLog = fs.createWriteStream(path.join(ARTIFACTS, 'console.log'), { flags: 'w' });
+
+async function newPage(locale = 'en-US') {
+  const context = await browser.newContext({ locale, viewport: { width: 480, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.on('console', (m) => consoleLog.write(`[${locale}] ${m.type()}: ${m.text()}\n`));
+  page.on('pageerror', (e) => consoleLog.write(`[${locale}] pageerror: ${e.stack || e}\n`));
+  return page;
+}
+
+const state = (page) => page.locator('#login').getAttribute('data-state');
+const waitState = (page, s) => page.waitForSelector(`#login[data-state="${s}"]`, { timeout: WAIT_MS });
+const qrSrc = (page) => page.locator('#login img.sl-qr').getAttribute('src');
+
+/** Waits until the QR image has really loaded. */
+const waitImageLoaded = (page) => page.waitForFunction(() => {
+  const img = document.querySelector('#login img.sl-qr');
+  return img && !img.hidden && img.complete && img.naturalWidth > 0;
+}, null, { timeout: WAIT_MS });
+
+/** Waits for state `qr` with an image other than `oldSrc`; returns the new src. */
+async function waitNewCode(page, oldSrc) {
+  await page.waitForFunction((old) => {
+    const root = document.querySelector('#login');
+    const img = root && root.querySelector('img.sl-qr');
+    return root.dataset.state === 'qr' && img && img.getAttribute('src') && img.getAttribute('src') !== old;
+  }, oldSrc, { timeout: WAIT_MS, polling: 20 });
+  return qrSrc(page);
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+// ---- the scenarios ---------------------------------------------------------------
+
+describe('login page in a real browser', { timeout: 240000 }, () => {
+  const ports = {};
+  let sim;
+  let gateway;
+  let shortGateway;
+
+  const simBase = () => `http://${HOST}:${ports.sim}`;
+  const gatewayArgs = (listen, notifyListen, expire) => [
+    '--listen', `${HOST}:${listen}`,
+    '--notify-listen', `${HOST}:${notifyListen}`,
+    '--app-id', 'wxdemo',
+    '--app-secret', 's',
+    '--wechat-api-base', simBase(),
+    '--qrcode-image-base', `${simBase()}/cgi-bin/showqrcode?ticket=`,
+    '--qr-expire-seconds', String(expire),
+    '--demo-sim-url', simBase(),
+  ];
+
+  before(async () => {
+    for (const k of ['sim', 'cb', 'gw', 'notify', 'gw2', 'notify2']) ports[k] = await freePort();
+    sim = start('wechat-sim', 'wechat-sim', [
+      '--listen', `${HOST}:${ports.sim}`,
+      '--app-id', 'wxdemo',
+      '--app-secret', 's',
+      '--token', 't',
+      '--callback-url', `http://${HOST}:${ports.cb}/wechat`,
+    ]);
+    await waitHealthy(simBase(), sim);
+    gateway = start('ws-gateway', 'ws-gateway', gatewayArgs(ports.gw, ports.notify, 120));
+    await waitHealthy(`http://${HOST}:${ports.gw}`, gateway);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+        '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
+    });
+  });
+
+  after(async () => {
+    if (browser) await browser.close().catch(() => {});
+    await Promise.all([...children].map((c) => stop(c, 3000)));
+    consoleLog.end();
+  });
+
+  let page;
+
+  it('(a) shows a QR code image that loads', async () => {
+    page = await newPage();
+    await page.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(page, 'qr');
+    await waitImageLoaded(page);
+    const img = page.locator('#login img.sl-qr');
+    assert.ok((await img.getAttribute('alt')).length > 10, 'the QR image has alt text');
+    assert.match(await img.getAttribute('src'), new RegExp(`^${simBase()}/cgi-bin/showqrcode\\?ticket=.+`));
+    assert.equal(await page.locator('#login [aria-live="polite"]').first().textContent(), 'Scan with WeChat to log in');
+    assert.match(await page.locator('#login .sl-sub').textContent(), /^Expires in \d+:\d\d$/);
+    // Demo mode: the gateway filled in the simulator's URL.
+    assert.ok(await page.locator('#sim-button').isVisible(), 'the "Simulate scan" button is shown in demo mode');
+    await shot(page, 'a-qr');
+  });
+
+  it('(a2) the library also loads as an ES module', async () => {
+    const same = await page.evaluate(async () => {
+      const mod = await import('/scan-login.mjs');
+      return mod.default === window.ScanLogin && typeof mod.mount === 'function';
+    });
+    assert.ok(same);
+  });
+
+  it('(b) a notify line for the page\'s fd logs it in', async () => {
+    const ticket = ticketOf(await qrSrc(page));
+    const res = await fetch(`${simBase()}/sim/tickets/${encodeURIComponent(ticket)}`);
+    assert.equal(res.status, 200, `GET /sim/tickets/<ticket> (needed to learn the fd): HTTP ${res.status}`);
+    const info = await res.json();
+    const fd = Number(info.scene_id);
+    assert.ok(Number.isInteger(fd) && fd > 0, `scene_id in ${JSON.stringify(info)}`);
+
+    const now = Math.floor(Date.now() / 1000);
+    const token = [
+      b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })),
+      b64url(JSON.stringify({ sub: 'o-alice', nickname: 'Alice', iat: now, exp: now + 300, jti: 'test-jti' })),
+      b64url('not-a-real-signature'),
+    ].join('.');
+    const answer = await notify(ports.notify, {
+      type: 'scan', fd, nickname: 'Alice', openid: 'o-alice', token, ticket,
+    });
+    assert.deepEqual(JSON.parse(answer), { ok: true });
+
+    await waitState(page, 'success');
+    assert.match(await page.locator('#login').textContent(), /Alice/);
+    await page.waitForSelector('#result:not([hidden])');
+    assert.equal(await page.locator('#r-user').textContent(), 'Alice');
+    assert.equal(await page.locator('#r-openid').textContent(), 'o-alice');
+    assert.equal(await page.locator('#r-token').textContent(), token);
+    const claims = JSON.parse((await page.locator('#r-claims').textContent()));
+    assert.equal(claims.nickname, 'Alice');
+    assert.equal(claims.sub, 'o-alice');
+    await shot(page, 'b-success');
+    await page.context().close();
+  });
+
+  it('(c) an expired code offers "Refresh", which brings a new code', async () => {
+    shortGateway = start('ws-gateway-expire3', 'ws-gateway', gatewayArgs(ports.gw2, ports.notify2, 3));
+    await waitHealthy(`http://${HOST}:${ports.gw2}`, shortGateway);
+    const p = await newPage();
+    await p.goto(`http://${HOST}:${ports.gw2}/`);
+    await waitState(p, 'qr');
+    await waitImageLoaded(p);
+    const first = await qrSrc(p);
+    await waitState(p, 'expired');
+    const refresh = p.getByRole('button', { name: 'Refresh' });
+    assert.ok(await refresh.isVisible(), 'a Refresh button is shown');
+    await shot(p, 'c-expired');
+    await refresh.click();
+    // The gateway allows one refresh per 5 s; the page retries by itself
+    // when told it is too soon.
+    const second = await waitNewCode(p, first);
+    assert.notEqual(second, first);
+    await waitImageLoaded(p);
+    await shot(p, 'c-refreshed');
+    await p.context().close();
+    await stop(shortGateway);
+  });
+
+  it('(d) the page reconnects by itself after a gateway restart', async () => {
+    const p = await newPage();
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    const before = await qrSrc(p);
+
+    await stop(gateway);
+    await waitState(p, 'unreachable');
+    assert.ok(await p.getByRole('button', { name: 'Retry now' }).isVisible());
+    await shot(p, 'd-unreachable');
+
+    gateway = start('ws-gateway', 'ws-gateway', gatewayArgs(ports.gw, ports.notify, 120));
+    await waitHealthy(`http://${HOST}:${ports.gw}`, gateway);
+    const afterSrc = await waitNewCode(p, before);
+    assert.notEqual(afterSrc, before);
+    await waitImageLoaded(p);
+    await shot(p, 'd-reconnected');
+    await p.context().close();
+  });
+
+  it('(e) speaks Chinese to a Chinese browser', async () => {
+    const p = await newPage('zh-CN');
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    await waitImageLoaded(p);
+    assert.equal(await p.locator('#login [aria-live="polite"]').first().textContent(), '请使用微信扫一扫登录');
+    assert.equal(await state(p), 'qr');
+    await shot(p, 'e-qr-zh');
+    await p.context().close();
+  });
+});

@@ -1,0 +1,105 @@
+//! Callbacks exactly as WeChat sends them: signed query strings, event
+//! bodies, safe-mode envelopes; and reading the replies back.
+
+use protocol::wechat::crypto::AesKey;
+use protocol::wechat::reply::{encrypted_post, event_body};
+use protocol::wechat::signature::{msg_signature, signature};
+use protocol::wechat::xml::Fields;
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `signature=..&timestamp=..&nonce=..` for `token`.
+pub fn signed_query(token: &str, timestamp: i64) -> String {
+    let ts = timestamp.to_string();
+    let nonce = rand::random::<u32>().to_string();
+    format!(
+        "signature={}&timestamp={ts}&nonce={nonce}",
+        signature(token, &ts, &nonce)
+    )
+}
+
+/// A QR login event: `subscribe` (`qrscene_<fd>`) for a new user, `SCAN`
+/// (`<fd>`) for a follower.
+pub fn scan_event(
+    openid: &str,
+    fd: u32,
+    ticket: &str,
+    subscribed: bool,
+    create_time: i64,
+) -> String {
+    if subscribed {
+        event_body(
+            "gh_test",
+            openid,
+            create_time,
+            "SCAN",
+            &fd.to_string(),
+            Some(ticket),
+        )
+    } else {
+        event_body(
+            "gh_test",
+            openid,
+            create_time,
+            "subscribe",
+            &format!("qrscene_{fd}"),
+            Some(ticket),
+        )
+    }
+}
+
+/// Encrypts `xml` as a safe-mode POST: (query string, body).
+pub fn encrypt_post(
+    token: &str,
+    key: &AesKey,
+    appid: &str,
+    xml: &str,
+    timestamp: i64,
+) -> (String, String) {
+    let random: [u8; 16] = *b"0123456789abcdef";
+    let encrypt = key.encrypt(xml.as_bytes(), appid, &random);
+    let ts = timestamp.to_string();
+    let nonce = rand::random::<u32>().to_string();
+    let query = format!(
+        "signature={}&timestamp={ts}&nonce={nonce}&openid=o&encrypt_type=aes&msg_signature={}",
+        signature(token, &ts, &nonce),
+        msg_signature(token, &ts, &nonce, &encrypt)
+    );
+    (query, encrypted_post("gh_test", &encrypt))
+}
+
+/// The `Content` of a plain passive reply.
+pub fn reply_content(xml: &str) -> Option<String> {
+    Fields::parse(xml.as_bytes())
+        .ok()?
+        .get("Content")
+        .map(str::to_string)
+}
+
+/// Opens an encrypted reply: checks its `MsgSignature` and returns
+/// (appid, inner reply XML).
+pub fn open_encrypted_reply(
+    token: &str,
+    key: &AesKey,
+    xml: &str,
+) -> Result<(String, String), String> {
+    let f = Fields::parse(xml.as_bytes()).map_err(|e| e.to_string())?;
+    let encrypt = f.get("Encrypt").ok_or("no Encrypt")?;
+    let ts = f.get("TimeStamp").ok_or("no TimeStamp")?;
+    let nonce = f.get("Nonce").ok_or("no Nonce")?;
+    let sig = f.get("MsgSignature").ok_or("no MsgSignature")?;
+    if msg_signature(token, ts, nonce, encrypt) != sig {
+        return Err("bad MsgSignature".into());
+    }
+    let d = key.decrypt(encrypt).map_err(|e| e.to_string())?;
+    Ok((
+        d.appid,
+        String::from_utf8(d.message).map_err(|e| e.to_string())?,
+    ))
+}

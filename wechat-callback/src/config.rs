@@ -1,0 +1,243 @@
+//! Every setting of `wechat-callback`: flag, environment variable and TOML
+//! key (see `daemon_kit::config` for the layering), with `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use daemon_kit::Secret;
+use daemon_kit::config::bool_flag;
+use protocol::wechat::crypto::AesKey;
+
+/// The HTTP endpoint WeChat's servers call when a user scans a login QR
+/// code: verifies and decrypts the callback, records the login in SQLite,
+/// notifies ws-gateway and replies to the user.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "wechat-callback", version, about, long_about = None)]
+pub struct Config {
+    /// TOML file with any of these settings (keys are the flag names with
+    /// `_` for `-`). Flags win over env, env over the file.
+    #[arg(long, env = "SCAN_LOGIN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve `/wechat`, `/healthz` and `/metrics` on.
+    #[arg(long, env = "SCAN_LOGIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The Token set in the WeChat console (server configuration). Required.
+    #[arg(long, env = "WECHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+
+    /// The EncodingAESKey (43 characters). When set, encrypted (safe or
+    /// compatible mode) messages are accepted and their replies encrypted.
+    #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
+    pub encoding_aes_key: Option<Secret>,
+
+    /// The previous EncodingAESKey, tried when the current one does not
+    /// decrypt a message, so the key can be rotated without downtime.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_ENCODING_AES_KEY_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub encoding_aes_key_previous: Option<Secret>,
+
+    /// The official account's AppID (checked against decrypted messages;
+    /// with --app-secret, used to look users up).
+    #[arg(long, env = "SCAN_LOGIN_APP_ID")]
+    pub app_id: Option<String>,
+
+    /// The official account's AppSecret, for `user/info` look-ups.
+    #[arg(long, env = "WECHAT_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<Secret>,
+
+    /// Base URL of the WeChat API (the simulator's address in development).
+    #[arg(long, env = "SCAN_LOGIN_WECHAT_API_BASE", default_value = wechat_api::DEFAULT_API_BASE)]
+    pub wechat_api_base: String,
+
+    /// ws-gateway's notify bus (its --notify-listen).
+    #[arg(long, env = "SCAN_LOGIN_NOTIFY_ADDR", default_value = "127.0.0.1:9999")]
+    pub notify_addr: String,
+
+    /// Shared secret sent on every bus line (the gateway's --notify-secret).
+    #[arg(long, env = "NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<Secret>,
+
+    /// SQLite file for users and handled events; several instances may share it.
+    #[arg(long, env = "SCAN_LOGIN_DB", default_value = "scan-login.db")]
+    pub db: PathBuf,
+
+    /// When set, `scan_success` carries a login token: a JWT (HS256) signed
+    /// with this secret, with sub = openid, nickname, iat, exp (5 min), jti.
+    #[arg(long, env = "LOGIN_TOKEN_SECRET", hide_env_values = true)]
+    pub login_token_secret: Option<Secret>,
+
+    /// How far a POST's timestamp may be from now, either way, in seconds.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_TIMESTAMP_TOLERANCE_SECONDS",
+        default_value_t = 300
+    )]
+    pub timestamp_tolerance_seconds: u64,
+
+    /// Reply after a login. `{name}`, `{ordinal}` (1st, 2nd…) and `{count}`
+    /// are replaced.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_REPLY_TEMPLATE",
+        default_value = "{name}, login successful! This is your {ordinal} login."
+    )]
+    pub reply_template: String,
+
+    /// Reply when the login page could not be told (gateway down, page
+    /// closed, code already used). `{name}` is replaced.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_RETRY_TEMPLATE",
+        default_value = "{name}, the login did not complete: please refresh the login page and scan the new QR code."
+    )]
+    pub retry_template: String,
+
+    /// Reply to ordinary text messages (empty: answer `success`, no reply).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_TEXT_REPLY",
+        default_value = "To log in, scan the QR code on the website's login page."
+    )]
+    pub text_reply: String,
+
+    /// Per-request timeout on the notify bus, in milliseconds (at most 1000).
+    #[arg(long, env = "SCAN_LOGIN_NOTIFY_TIMEOUT_MS", default_value_t = 1000)]
+    pub notify_timeout_ms: u64,
+
+    /// Time budget for the `user/info` look-up, in milliseconds; past it the
+    /// fallback display name is used.
+    #[arg(long, env = "SCAN_LOGIN_USER_INFO_TIMEOUT_MS", default_value_t = 1500)]
+    pub user_info_timeout_ms: u64,
+
+    /// How long WeChat is kept waiting before the answer is `success` (the
+    /// work still completes). WeChat gives up after 5 s.
+    #[arg(long, env = "SCAN_LOGIN_REPLY_DEADLINE_MS", default_value_t = 4000)]
+    pub reply_deadline_ms: u64,
+
+    /// Most HTTP connections open at once.
+    #[arg(long, env = "SCAN_LOGIN_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Check the settings (and that the database opens), then exit 0, or
+    /// print what is wrong and exit 1. For systemd's ExecStartPre=.
+    #[arg(long, env = "SCAN_LOGIN_CHECK_CONFIG", action = ArgAction::SetTrue, value_parser = bool_flag())]
+    pub check_config: bool,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--token (or WECHAT_TOKEN, or `token` in the config file) is required")]
+    MissingToken,
+    #[error("--{0} is not a valid EncodingAESKey (43 base64 characters)")]
+    BadAesKey(&'static str),
+    #[error("--encoding-aes-key-previous needs --encoding-aes-key")]
+    PreviousWithoutCurrent,
+    #[error("--app-secret needs --app-id")]
+    SecretWithoutAppId,
+    #[error("--timestamp-tolerance-seconds must be between 1 and 86400")]
+    BadTolerance,
+    #[error("--notify-timeout-ms must be between 1 and 1000")]
+    BadNotifyTimeout,
+    #[error("--reply-deadline-ms must be between 100 and 4900")]
+    BadDeadline,
+    #[error("--reply-template must not be empty")]
+    EmptyTemplate,
+}
+
+/// Settings checked and turned into what the server uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub token: Secret,
+    pub aes_key: Option<AesKey>,
+    pub aes_key_previous: Option<AesKey>,
+    pub app_id: Option<String>,
+    pub api: Option<wechat_api::ApiConfig>,
+    pub notify_addr: String,
+    pub notify_secret: Option<Secret>,
+    pub db: PathBuf,
+    pub login_token_secret: Option<Secret>,
+    pub timestamp_tolerance: Duration,
+    pub reply_template: String,
+    pub retry_template: String,
+    pub text_reply: String,
+    pub notify_timeout: Duration,
+    pub user_info_timeout: Duration,
+    pub reply_deadline: Duration,
+    pub max_connections: usize,
+}
+
+impl Config {
+    /// Validates the settings.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let token = self
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or(ConfigError::MissingToken)?;
+        let key = |s: &Option<Secret>, name| {
+            s.as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    AesKey::from_encoding_aes_key(s.expose())
+                        .map_err(|_| ConfigError::BadAesKey(name))
+                })
+                .transpose()
+        };
+        let aes_key = key(&self.encoding_aes_key, "encoding-aes-key")?;
+        let aes_key_previous = key(&self.encoding_aes_key_previous, "encoding-aes-key-previous")?;
+        if aes_key_previous.is_some() && aes_key.is_none() {
+            return Err(ConfigError::PreviousWithoutCurrent);
+        }
+        let app_id = self.app_id.clone().filter(|a| !a.is_empty());
+        let app_secret = self.app_secret.clone().filter(|s| !s.is_empty());
+        let api = match (&app_id, app_secret) {
+            (Some(id), Some(secret)) => Some(wechat_api::ApiConfig {
+                base: self.wechat_api_base.clone(),
+                app_id: id.clone(),
+                app_secret: secret.expose().to_string(),
+                timeout: Duration::from_millis(self.user_info_timeout_ms.max(100)),
+            }),
+            (None, Some(_)) => return Err(ConfigError::SecretWithoutAppId),
+            _ => None,
+        };
+        if !(1..=86_400).contains(&self.timestamp_tolerance_seconds) {
+            return Err(ConfigError::BadTolerance);
+        }
+        if !(1..=1000).contains(&self.notify_timeout_ms) {
+            return Err(ConfigError::BadNotifyTimeout);
+        }
+        if !(100..=4900).contains(&self.reply_deadline_ms) {
+            return Err(ConfigError::BadDeadline);
+        }
+        if self.reply_template.trim().is_empty() {
+            return Err(ConfigError::EmptyTemplate);
+        }
+        Ok(Settings {
+            token,
+            aes_key,
+            aes_key_previous,
+            app_id,
+            api,
+            notify_addr: self.notify_addr.clone(),
+            notify_secret: self.notify_secret.clone().filter(|s| !s.is_empty()),
+            db: self.db.clone(),
+            login_token_secret: self.login_token_secret.clone().filter(|s| !s.is_empty()),
+            timestamp_tolerance: Duration::from_secs(self.timestamp_tolerance_seconds),
+            reply_template: self.reply_template.clone(),
+            retry_template: self.retry_template.clone(),
+            text_reply: self.text_reply.clone(),
+            notify_timeout: Duration::from_millis(self.notify_timeout_ms),
+            user_info_timeout: Duration::from_millis(self.user_info_timeout_ms),
+            reply_deadline: Duration::from_millis(self.reply_deadline_ms),
+            max_connections: self.max_connections.max(1),
+        })
+    }
+}

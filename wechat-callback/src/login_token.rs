@@ -1,0 +1,88 @@
+//! The login token handed to the browser in `scan_success`: a JWT (HS256)
+//! with `sub` = openid, `nickname`, `iat`, `exp` (5 minutes later) and a
+//! random `jti`, so the site's backend can check it with any JWT library.
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde::{Deserialize, Serialize};
+
+/// How long a login token is valid.
+pub const TOKEN_LIFETIME_SECS: i64 = 300;
+
+/// The token's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub nickname: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Signs login tokens with the configured secret.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: EncodingKey,
+}
+
+impl TokenSigner {
+    pub fn new(secret: &str) -> TokenSigner {
+        TokenSigner {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+        }
+    }
+
+    /// A fresh token for `openid` shown as `nickname`.
+    pub fn sign(
+        &self,
+        openid: &str,
+        nickname: &str,
+        now: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let jti: [u8; 16] = rand::random();
+        let claims = Claims {
+            sub: openid.to_string(),
+            nickname: nickname.to_string(),
+            iat: now,
+            exp: now + TOKEN_LIFETIME_SECS,
+            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        encode(&Header::default(), &claims, &self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation, decode};
+
+    #[test]
+    fn verifies_with_the_same_secret_only() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = TokenSigner::new("s3cret").sign("o1", "Alice", now).unwrap();
+        let c = decode::<Claims>(
+            &t,
+            &DecodingKey::from_secret(b"s3cret"),
+            &Validation::default(),
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(
+            (c.sub.as_str(), c.nickname.as_str(), c.exp - c.iat),
+            ("o1", "Alice", 300)
+        );
+        assert_eq!(c.jti.len(), 32);
+        assert!(
+            decode::<Claims>(
+                &t,
+                &DecodingKey::from_secret(b"other"),
+                &Validation::default()
+            )
+            .is_err()
+        );
+        let t2 = TokenSigner::new("s3cret").sign("o1", "Alice", now).unwrap();
+        assert_ne!(t, t2, "jti makes every token unique");
+    }
+}

@@ -1,0 +1,359 @@
+//! The registry: `fd` → browser connection (its wake-up handle, its push
+//! queue, its current QR ticket and whether that ticket is spent), shared
+//! by every WebSocket task and every bus connection.
+//!
+//! **Layout.** [`SHARDS`] shards, each a `std::sync::Mutex<HashMap>`
+//! (cache-line aligned so neighbouring locks do not false-share), picked by
+//! the fd's low bits. fds are drawn at random, so the shards fill evenly and
+//! a bus line touches one lock for a few hundred nanoseconds; there is no
+//! global lock on the hot path and no `.await` while a lock is held. A
+//! plain sharded mutex beats an `RwLock` here: every bus lookup that
+//! succeeds also writes (it spends a ticket or queues a push).
+//!
+//! **Push queue.** Each connection's pending pushes live in its map entry
+//! (a `VecDeque`, allocated only while something is pending) and the
+//! connection task is woken through a `tokio::sync::Notify`. At most
+//! [`PUSH_QUEUE_CAPACITY`] pushes wait; past that the bus gets
+//! `client_busy` and nothing is buffered (slow consumers are refused, not
+//! buffered, and the WebSocket task closes a socket whose writes stall).
+//!
+//! **fd reuse.** A closed connection whose code can still be scanned
+//! leaves a tombstone until that code's expiry plus [`TOMBSTONE_GRACE`];
+//! drawing skips live fds and live tombstones, so a late scan event can
+//! never reach a different browser. [`Registry::sweep`] drops dead
+//! tombstones.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use protocol::bus::BusError;
+use protocol::ws::ServerFrame;
+use tokio::sync::Notify;
+
+/// Number of shards (a power of two).
+pub const SHARDS: usize = 64;
+
+/// Most pushes waiting for one browser; past it the bus answers
+/// `client_busy`.
+pub const PUSH_QUEUE_CAPACITY: usize = 4;
+
+/// How long after a code's expiry its fd stays reserved: a scan made just
+/// before expiry may reach the callback (and the bus) a little later, and
+/// WeChat retries callbacks for about 15 s.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(30);
+
+/// How many random draws [`Registry::register`] tries before giving up
+/// (only reachable with a broken random source or ~4 billion fds in use).
+const MAX_DRAWS: usize = 64;
+
+/// The fd → connection map.
+pub struct Registry {
+    shards: Box<[Shard]>,
+}
+
+#[repr(align(64))]
+struct Shard(Mutex<HashMap<u32, Slot, BuildHasherDefault<FdHasher>>>);
+
+enum Slot {
+    Live(Entry),
+    /// A closed connection's fd, reserved until `until`.
+    Tombstone {
+        until: Instant,
+    },
+}
+
+struct Entry {
+    wake: Arc<Notify>,
+    ticket: Option<Box<str>>,
+    spent: bool,
+    /// When the last code minted for this fd can no longer be scanned
+    /// (plus [`TOMBSTONE_GRACE`]).
+    reserved_until: Option<Instant>,
+    queue: VecDeque<ServerFrame>,
+}
+
+/// Sizes reported by [`Registry::sweep`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub live: usize,
+    pub tombstones: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
+            shards: (0..SHARDS).map(|_| Shard(Mutex::default())).collect(),
+        }
+    }
+
+    fn shard(&self, fd: u32) -> MutexGuard<'_, HashMap<u32, Slot, BuildHasherDefault<FdHasher>>> {
+        // fds are random, so their low bits spread evenly over the shards.
+        let i = (fd as usize) & (SHARDS - 1);
+        self.shards[i]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Draws a random non-zero fd that is neither in use nor reserved and
+    /// registers a connection under it. `None` only if no free fd was found.
+    pub fn register(&self, wake: Arc<Notify>, now: Instant) -> Option<u32> {
+        self.register_with(wake, now, rand::random::<u32>)
+    }
+
+    /// [`Registry::register`] with a given source of candidate fds.
+    pub fn register_with(
+        &self,
+        wake: Arc<Notify>,
+        now: Instant,
+        mut draw: impl FnMut() -> u32,
+    ) -> Option<u32> {
+        for _ in 0..MAX_DRAWS {
+            let fd = draw();
+            if fd == 0 {
+                continue;
+            }
+            let mut shard = self.shard(fd);
+            let free = match shard.get(&fd) {
+                None => true,
+                Some(Slot::Live(_)) => false,
+                Some(Slot::Tombstone { until }) => *until <= now,
+            };
+            if free {
+                shard.insert(
+                    fd,
+                    Slot::Live(Entry {
+                        wake,
+                        ticket: None,
+                        spent: false,
+                        reserved_until: None,
+                        queue: VecDeque::new(),
+                    }),
+                );
+                return Some(fd);
+            }
+        }
+        None
+    }
+
+    /// Records a freshly minted code for `fd`: its ticket becomes the
+    /// current one (unspent), and the fd stays reserved until
+    /// `scannable_until` + [`TOMBSTONE_GRACE`].
+    pub fn set_code(&self, fd: u32, ticket: &str, scannable_until: Instant) {
+        if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
+            e.ticket = Some(ticket.into());
+            e.spent = false;
+            let until = scannable_until + TOMBSTONE_GRACE;
+            e.reserved_until = Some(e.reserved_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// Takes every push waiting for `fd`.
+    pub fn take_pushes(&self, fd: u32) -> VecDeque<ServerFrame> {
+        match self.shard(fd).get_mut(&fd) {
+            Some(Slot::Live(e)) => std::mem::take(&mut e.queue),
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// Queues `frame` for the browser on `fd` and wakes its task.
+    ///
+    /// With a `ticket`, it must be the connection's current unspent ticket,
+    /// and it is spent by this push. Errors: `no_such_client`,
+    /// `ticket_mismatch`, `client_busy` (queue full; nothing is spent).
+    pub fn push(&self, fd: u32, ticket: Option<&str>, frame: ServerFrame) -> Result<(), BusError> {
+        let mut shard = self.shard(fd);
+        let Some(Slot::Live(e)) = shard.get_mut(&fd) else {
+            return Err(BusError::NoSuchClient);
+        };
+        if let Some(t) = ticket
+            && (e.spent || e.ticket.as_deref() != Some(t))
+        {
+            return Err(BusError::TicketMismatch);
+        }
+        if e.queue.len() >= PUSH_QUEUE_CAPACITY {
+            return Err(BusError::ClientBusy);
+        }
+        if ticket.is_some() {
+            e.spent = true;
+        }
+        e.queue.push_back(frame);
+        e.wake.notify_one();
+        Ok(())
+    }
+
+    /// Unregisters `fd`: it becomes a tombstone while its last code can
+    /// still be scanned, else it is freed. Returns pushes that were still
+    /// waiting.
+    pub fn remove(&self, fd: u32, now: Instant) -> VecDeque<ServerFrame> {
+        let mut shard = self.shard(fd);
+        let Some(Slot::Live(e)) = shard.remove(&fd) else {
+            return VecDeque::new();
+        };
+        if let Some(until) = e.reserved_until
+            && until > now
+        {
+            shard.insert(fd, Slot::Tombstone { until });
+        }
+        e.queue
+    }
+
+    /// Drops tombstones whose time is up and gives back spare map capacity.
+    pub fn sweep(&self, now: Instant) -> Counts {
+        let mut counts = Counts::default();
+        for shard in self.shards.iter() {
+            let mut map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, slot| match slot {
+                Slot::Live(_) => true,
+                Slot::Tombstone { until } => *until > now,
+            });
+            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+                map.shrink_to_fit();
+            }
+            for slot in map.values() {
+                match slot {
+                    Slot::Live(_) => counts.live += 1,
+                    Slot::Tombstone { .. } => counts.tombstones += 1,
+                }
+            }
+        }
+        counts
+    }
+
+    /// Live connections and tombstones, counted without sweeping.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for shard in self.shards.iter() {
+            let map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            for slot in map.values() {
+                match slot {
+                    Slot::Live(_) => counts.live += 1,
+                    Slot::Tombstone { .. } => counts.tombstones += 1,
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// A multiplicative (Fibonacci) hash for u32 keys: fds are random and
+/// chosen by the gateway, so SipHash's flooding protection buys nothing,
+/// while the multiply spreads them over hashbrown's top control bits.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(user: &str) -> ServerFrame {
+        ServerFrame::ScanSuccess {
+            user: user.into(),
+            openid: String::new(),
+            token: None,
+        }
+    }
+
+    fn seq(values: &[u32]) -> impl FnMut() -> u32 + '_ {
+        let mut i = 0;
+        move || {
+            let v = values[i % values.len()];
+            i += 1;
+            v
+        }
+    }
+
+    #[test]
+    fn draws_skip_zero_live_and_reserved_fds() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let wake = Arc::new(Notify::new());
+        assert_eq!(r.register_with(wake.clone(), now, seq(&[0, 7])), Some(7));
+        assert_eq!(r.register_with(wake.clone(), now, seq(&[7, 7, 9])), Some(9));
+        // 9 minted a code and closed: reserved until expiry + grace.
+        r.set_code(9, "t9", now + Duration::from_secs(10));
+        r.remove(9, now);
+        assert_eq!(r.counts(), Counts { live: 1, tombstones: 1 });
+        assert_eq!(r.register_with(wake.clone(), now, seq(&[9, 11])), Some(11));
+        let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE;
+        assert_eq!(r.register_with(wake.clone(), later, seq(&[9])), Some(9));
+        // 7 never had a code: freed at once.
+        r.remove(7, now);
+        assert_eq!(r.register_with(wake.clone(), now, seq(&[7])), Some(7));
+        assert_eq!(r.register_with(wake, now, seq(&[7, 9, 11])), None);
+    }
+
+    #[test]
+    fn sweep_drops_dead_tombstones() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let wake = Arc::new(Notify::new());
+        let fd = r.register_with(wake, now, seq(&[5])).unwrap();
+        r.set_code(fd, "t", now);
+        r.remove(fd, now);
+        assert_eq!(r.sweep(now).tombstones, 1);
+        assert_eq!(r.sweep(now + TOMBSTONE_GRACE).tombstones, 0);
+        assert_eq!(r.push(fd, None, scan("a")), Err(BusError::NoSuchClient));
+    }
+
+    #[test]
+    fn tickets_are_checked_and_spent() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let wake = Arc::new(Notify::new());
+        let fd = r.register_with(wake, now, seq(&[3])).unwrap();
+        assert_eq!(r.push(fd, Some("t1"), scan("a")), Err(BusError::TicketMismatch));
+        r.set_code(fd, "t1", now + Duration::from_secs(60));
+        assert_eq!(r.push(fd, Some("t0"), scan("a")), Err(BusError::TicketMismatch));
+        assert_eq!(r.push(fd, Some("t1"), scan("a")), Ok(()));
+        assert_eq!(r.push(fd, Some("t1"), scan("a")), Err(BusError::TicketMismatch));
+        // Without a ticket nothing is checked or spent.
+        assert_eq!(r.push(fd, None, scan("b")), Ok(()));
+        assert_eq!(r.take_pushes(fd).len(), 2);
+        // A new code is a new, unspent ticket.
+        r.set_code(fd, "t2", now + Duration::from_secs(60));
+        assert_eq!(r.push(fd, Some("t2"), scan("c")), Ok(()));
+        assert_eq!(r.push(99, None, scan("x")), Err(BusError::NoSuchClient));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_without_spending() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let wake = Arc::new(Notify::new());
+        let fd = r.register_with(wake, now, seq(&[3])).unwrap();
+        r.set_code(fd, "t", now);
+        for _ in 0..PUSH_QUEUE_CAPACITY {
+            assert_eq!(r.push(fd, None, scan("a")), Ok(()));
+        }
+        assert_eq!(r.push(fd, Some("t"), scan("a")), Err(BusError::ClientBusy));
+        assert_eq!(r.take_pushes(fd).len(), PUSH_QUEUE_CAPACITY);
+        // The refused push did not spend the ticket.
+        assert_eq!(r.push(fd, Some("t"), scan("a")), Ok(()));
+        assert_eq!(r.remove(fd, now).len(), 1);
+    }
+}
