@@ -118,7 +118,7 @@ impl Cb {
 async fn raw_post(url: &str, query: &str, body: &str, chunked: bool) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = url.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = if chunked {
         format!("POST /wechat?{query} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
     } else {
