@@ -1,12 +1,16 @@
 // Real-browser test of the login page and scan-login.js.
 //
-// Starts wechat-sim and ws-gateway from $SCAN_LOGIN_BIN_DIR (default
+// Starts wechat-sim, ws-gateway and wechat-callback from $SCAN_LOGIN_BIN_DIR (default
 // <repo>/target/debug), drives Debian's Chromium headless through
 // playwright-core, and checks what a user would see:
 //   (a) the page shows a QR image that actually loads;
 //   (b) a notify-bus line for the page's fd turns it to "logged in";
 //   (c) an expired code is shown as such and "Refresh" brings a new one;
-//   (d) a gateway restart is survived: the page reconnects on its own.
+//   (d) a gateway restart is survived: the page reconnects on its own;
+//   (e) the demo page's "Simulate scan" button logs in through the whole
+//       chain: wechat-sim → wechat-callback → gateway bus → page, with a
+//       JWT signed by --login-token-secret;
+//   (f) Chinese text for a Chinese browser.
 // Screenshots and process logs go to <repo>/artifacts/browser/.
 //
 // Run: tests/browser/run.sh   (after `cargo build --workspace`)
@@ -14,8 +18,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -325,14 +331,58 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     await p.context().close();
   });
 
-  it('(e) speaks Chinese to a Chinese browser', async () => {
+  it('(e) "Simulate scan" logs in through wechat-callback', async () => {
+    const secret = 'browser-test-login-secret';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
+    try {
+      const callback = start('wechat-callback', 'wechat-callback', [
+        '--listen', `${HOST}:${ports.cb}`,
+        '--token', 't',
+        '--app-id', 'wxdemo',
+        '--app-secret', 's',
+        '--wechat-api-base', simBase(),
+        '--notify-addr', `${HOST}:${ports.notify}`,
+        '--db', path.join(dir, 'scan-login.db'),
+        '--login-token-secret', secret,
+      ]);
+      await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
+
+      const p = await newPage();
+      await p.goto(`http://${HOST}:${ports.gw}/`);
+      await waitState(p, 'qr');
+      await p.getByRole('button', { name: 'Simulate scan' }).click();
+      await waitState(p, 'success');
+      await p.waitForSelector('#result:not([hidden])');
+      // The simulator's answer is what WeChat would show the user.
+      await p.waitForFunction(() => /login successful/i.test(document.getElementById('sim-status').textContent));
+      assert.ok(await p.locator('#sim-status').isVisible());
+
+      const openid = await p.locator('#r-openid').textContent();
+      assert.match(openid, /^demo-user-[0-9a-f]+$/);
+      const token = await p.locator('#r-token').textContent();
+      const [h, b, sig] = token.split('.');
+      const expected = crypto.createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url');
+      assert.equal(sig, expected, 'the token is an HS256 JWT signed with --login-token-secret');
+      const claims = JSON.parse(await p.locator('#r-claims').textContent());
+      assert.equal(claims.sub, openid);
+      assert.equal(claims.nickname, await p.locator('#r-user').textContent());
+      assert.ok(claims.exp > claims.iat);
+      await shot(p, 'e-simulated-success');
+      await p.context().close();
+      await stop(callback);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('(f) speaks Chinese to a Chinese browser', async () => {
     const p = await newPage('zh-CN');
     await p.goto(`http://${HOST}:${ports.gw}/`);
     await waitState(p, 'qr');
     await waitImageLoaded(p);
     assert.equal(await p.locator('#login [aria-live="polite"]').first().textContent(), '请使用微信扫一扫登录');
     assert.equal(await state(p), 'qr');
-    await shot(p, 'e-qr-zh');
+    await shot(p, 'f-qr-zh');
     await p.context().close();
   });
 });

@@ -1,1 +1,8 @@
-//! placeholder until the e2e suite lands
+//! End-to-end: the real `wechat-sim`, `wechat-callback` and `ws-gateway`
+//! binaries on loopback, a real WebSocket client as the browser, the
+//! simulator's phone as the user.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod flows;
+mod stack;

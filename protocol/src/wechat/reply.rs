@@ -30,8 +30,7 @@ pub fn text_reply(to_user: &str, from_user: &str, create_time: i64, content: &st
     out
 }
 
-/// The envelope of an encrypted reply (or of an encrypted POST, without
-/// `MsgSignature`, when `msg_signature` is `None`).
+/// The envelope of an encrypted passive reply.
 pub fn encrypted_envelope(
     encrypt: &str,
     msg_signature: &str,

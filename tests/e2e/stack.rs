@@ -1,0 +1,295 @@
+//! Starting the three daemons wired together, and a browser stand-in.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::Daemon;
+use e2e::process::temp_dir;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const TOKEN: &str = "e2e-token";
+pub const APPID: &str = "wxe2e000000000001";
+pub const SECRET: &str = "e2e-app-secret";
+pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const JWT_SECRET: &str = "e2e-jwt-secret";
+
+/// Options for a stack.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub safe_mode: bool,
+    pub qr_expire_seconds: Option<u32>,
+    pub sim_callback_timeout_ms: Option<u64>,
+    pub callback_extra: Vec<String>,
+}
+
+/// The three daemons, wired together.
+pub struct Stack {
+    pub sim: Daemon,
+    pub callback: Daemon,
+    pub gateway: Option<Daemon>,
+    pub sim_url: String,
+    pub callback_url: String,
+    pub gateway_port: u16,
+    pub notify_port: u16,
+    pub db: PathBuf,
+    pub options: Options,
+    pub http: reqwest::Client,
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+impl Stack {
+    pub async fn start(options: Options) -> Stack {
+        let (sim_port, cb_port) = (e2e::free_port(), e2e::free_port());
+        let (gateway_port, notify_port) = (e2e::free_port(), e2e::free_port());
+        let sim_url = format!("http://127.0.0.1:{sim_port}");
+        let callback_url = format!("http://127.0.0.1:{cb_port}");
+        let db = temp_dir("e2e").join("scan-login.db");
+
+        let mut sim_args = vec![
+            s("--listen"),
+            format!("127.0.0.1:{sim_port}"),
+            s("--app-id"),
+            s(APPID),
+            s("--app-secret"),
+            s(SECRET),
+            s("--token"),
+            s(TOKEN),
+            s("--callback-url"),
+            format!("{callback_url}/wechat"),
+        ];
+        if options.safe_mode {
+            sim_args.extend([s("--encoding-aes-key"), s(AES_KEY)]);
+        }
+        if let Some(ms) = options.sim_callback_timeout_ms {
+            sim_args.extend([s("--callback-timeout-ms"), ms.to_string()]);
+        }
+        let mut sim = Daemon::spawn(&e2e::bin_path("wechat-sim"), &sim_args, &[]);
+        sim.wait_healthy(&format!("{sim_url}/healthz")).await;
+
+        let mut cb_args = vec![
+            s("--listen"),
+            format!("127.0.0.1:{cb_port}"),
+            s("--app-id"),
+            s(APPID),
+            s("--wechat-api-base"),
+            sim_url.clone(),
+            s("--notify-addr"),
+            format!("127.0.0.1:{notify_port}"),
+            s("--db"),
+            db.display().to_string(),
+        ];
+        if options.safe_mode {
+            cb_args.extend([s("--encoding-aes-key"), s(AES_KEY)]);
+        }
+        cb_args.extend(options.callback_extra.iter().cloned());
+        // Secrets through the environment, as the contract allows.
+        let env = [
+            ("WECHAT_TOKEN", TOKEN),
+            ("WECHAT_APP_SECRET", SECRET),
+            ("LOGIN_TOKEN_SECRET", JWT_SECRET),
+        ];
+        let mut callback = Daemon::spawn(&e2e::bin_path("wechat-callback"), &cb_args, &env);
+        callback
+            .wait_healthy(&format!("{callback_url}/healthz"))
+            .await;
+
+        let mut stack = Stack {
+            sim,
+            callback,
+            gateway: None,
+            sim_url,
+            callback_url,
+            gateway_port,
+            notify_port,
+            db,
+            options,
+            http: reqwest::Client::new(),
+        };
+        stack.start_gateway().await;
+        stack
+    }
+
+    /// (Re)starts the gateway on the stack's ports.
+    pub async fn start_gateway(&mut self) {
+        let mut args = vec![
+            s("--listen"),
+            format!("127.0.0.1:{}", self.gateway_port),
+            s("--notify-listen"),
+            format!("127.0.0.1:{}", self.notify_port),
+            s("--app-id"),
+            s(APPID),
+            s("--wechat-api-base"),
+            self.sim_url.clone(),
+            s("--qrcode-image-base"),
+            format!("{}/cgi-bin/showqrcode?ticket=", self.sim_url),
+        ];
+        if let Some(secs) = self.options.qr_expire_seconds {
+            args.extend([s("--qr-expire-seconds"), secs.to_string()]);
+        }
+        let mut gw = Daemon::spawn(
+            &e2e::bin_path("ws-gateway"),
+            &args,
+            &[("WECHAT_APP_SECRET", SECRET)],
+        );
+        gw.wait_healthy(&format!("http://127.0.0.1:{}/healthz", self.gateway_port))
+            .await;
+        self.gateway = Some(gw);
+    }
+
+    /// Stops the gateway (SIGTERM) and checks it exits 0.
+    pub fn stop_gateway(&mut self) {
+        if let Some(mut gw) = self.gateway.take() {
+            let status = gw.terminate();
+            assert!(status.success(), "gateway exit {status}:\n{}", gw.stderr());
+        }
+    }
+
+    /// Opens a browser connection and waits for its first QR code.
+    pub async fn browser(&self) -> Browser {
+        let url = format!("ws://127.0.0.1:{}/ws", self.gateway_port);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut b = Browser {
+            ws,
+            ticket: String::new(),
+            image_url: String::new(),
+        };
+        let qr = b.next_frame(Duration::from_secs(10)).await;
+        assert_eq!(qr["message_type"], "qrcode_url", "{qr}");
+        b.take_qr(&qr);
+        b
+    }
+
+    /// The scene (fd) the simulator recorded for a ticket.
+    pub async fn fd_of(&self, ticket: &str) -> u32 {
+        let url = format!("{}/sim/tickets/{}", self.sim_url, encode(ticket));
+        let v: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["scene_id"].as_u64().expect("scene_id") as u32
+    }
+
+    /// The phone scans `ticket`; returns the simulator's answer.
+    pub async fn scan(&self, ticket: &str, openid: &str, subscribed: bool) -> Value {
+        let body =
+            serde_json::json!({"ticket": ticket, "openid": openid, "subscribed": subscribed});
+        let r = self
+            .http
+            .post(format!("{}/sim/scan", self.sim_url))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let mut v: Value = r.json().await.unwrap_or(Value::Null);
+        if !v.is_object() {
+            v = serde_json::json!({});
+        }
+        v["http_status"] = status.into();
+        v
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Percent-decodes.
+pub fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A browser's WebSocket.
+pub struct Browser {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ticket: String,
+    pub image_url: String,
+}
+
+impl Browser {
+    fn take_qr(&mut self, qr: &Value) {
+        self.image_url = qr["url"].as_str().unwrap().to_string();
+        let encoded = self
+            .image_url
+            .rsplit_once("ticket=")
+            .expect("ticket= in url")
+            .1;
+        self.ticket = decode(encoded);
+    }
+
+    /// The next JSON text frame (pings are answered by the library).
+    pub async fn next_frame(&mut self, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("no frame in time")
+                .expect("socket closed")
+                .expect("socket error");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    /// Waits for a frame of `kind`, skipping others.
+    pub async fn wait_for(&mut self, kind: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_frame(left).await;
+            if f["message_type"] == kind {
+                if kind == "qrcode_url" {
+                    self.take_qr(&f);
+                }
+                return f;
+            }
+        }
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+    }
+}
