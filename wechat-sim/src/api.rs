@@ -66,7 +66,10 @@ pub async fn handle(state: &SimState, req: Request<Incoming>) -> Response {
     }
     let known = matches!(
         path.as_str(),
-        "/cgi-bin/stable_token" | "/cgi-bin/token" | "/cgi-bin/qrcode/create" | "/cgi-bin/user/info"
+        "/cgi-bin/stable_token"
+            | "/cgi-bin/token"
+            | "/cgi-bin/qrcode/create"
+            | "/cgi-bin/user/info"
     );
     if !known {
         return sim_error(StatusCode::NOT_FOUND, "not_found", "no such API");
@@ -102,9 +105,18 @@ struct TokenAnswer {
 }
 
 /// Checks the app's credentials as WeChat does.
-fn check_app(state: &SimState, grant_type: Option<&str>, appid: Option<&str>, secret: Option<&str>) -> Result<(), i64> {
-    let appid = appid.filter(|s| !s.is_empty()).ok_or(errcode::MISSING_APPID)?;
-    let secret = secret.filter(|s| !s.is_empty()).ok_or(errcode::MISSING_SECRET)?;
+fn check_app(
+    state: &SimState,
+    grant_type: Option<&str>,
+    appid: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(), i64> {
+    let appid = appid
+        .filter(|s| !s.is_empty())
+        .ok_or(errcode::MISSING_APPID)?;
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or(errcode::MISSING_SECRET)?;
     if grant_type != Some("client_credential") {
         return Err(errcode::INVALID_GRANT_TYPE);
     }
@@ -197,7 +209,10 @@ async fn qrcode_create(state: &SimState, call: Call) -> ApiResult {
     };
     let scene_v = body.pointer("/action_info/scene");
     let scene = if action.ends_with("STR_SCENE") {
-        match scene_v.and_then(|s| s.get("scene_str")).and_then(Value::as_str) {
+        match scene_v
+            .and_then(|s| s.get("scene_str"))
+            .and_then(Value::as_str)
+        {
             Some(s) if !s.is_empty() && s.len() <= MAX_SCENE_STR => Scene::Str(s.to_string()),
             _ => return Err(errcode::INVALID_ARGS),
         }
@@ -249,15 +264,17 @@ fn user_info(state: &SimState, call: &Call) -> ApiResult {
     if call.method != Method::GET {
         return Err(errcode::REQUIRE_GET);
     }
-    state.tokens.check(call.param("access_token"), Instant::now())?;
+    state
+        .tokens
+        .check(call.param("access_token"), Instant::now())?;
     let openid = call
         .param("openid")
         .filter(|s| !s.is_empty())
         .ok_or(errcode::MISSING_OPENID)?;
-    let lang = match call.param("lang") {
-        Some(l @ ("zh_CN" | "zh_TW" | "en")) => l,
-        _ => "zh_CN",
-    };
+    let lang = call
+        .param("lang")
+        .filter(|l| matches!(*l, "zh_CN" | "zh_TW" | "en"))
+        .unwrap_or("zh_CN");
     let user = state.users.get(openid).ok_or(errcode::INVALID_OPENID)?;
     Ok(ok_json(&user.info(lang, state.settings.nicknames)))
 }
@@ -273,12 +290,20 @@ fn showqrcode(state: &SimState, call: &Call) -> Response {
         );
     }
     let Some(ticket) = call.param("ticket").filter(|t| !t.is_empty()) else {
-        return sim_error(StatusCode::NOT_FOUND, "missing_ticket", "ticket is required");
+        return sim_error(
+            StatusCode::NOT_FOUND,
+            "missing_ticket",
+            "ticket is required",
+        );
     };
     let t = match state.tickets.get(ticket, Instant::now()) {
         Lookup::Live(t) => t,
         Lookup::Expired(_) => {
-            return sim_error(StatusCode::NOT_FOUND, "ticket_expired", "the QR code has expired");
+            return sim_error(
+                StatusCode::NOT_FOUND,
+                "ticket_expired",
+                "the QR code has expired",
+            );
         }
         Lookup::Unknown => {
             return sim_error(

@@ -235,10 +235,7 @@ mod tests {
             "--encoding-aes-key",
             "short",
         ]);
-        assert!(matches!(
-            cli.server.settings(),
-            Err(ConfigError::BadAesKey)
-        ));
+        assert!(matches!(cli.server.settings(), Err(ConfigError::BadAesKey)));
         let cli = parse(&[
             "--app-id",
             "wx1",

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::errcode;
 
 /// The body of `POST /sim/faults`; every field optional, the ones given
-/// replace the current setting.
+/// replace the current setting. A `fail_next` starts a new batch: its
+/// `errcode` and `path` are the ones in the same request (default -1, any
+/// path).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRequest {
@@ -73,6 +75,11 @@ impl Faults {
     /// Applies a request (except `expire_tokens`, which the caller does).
     pub fn apply(&self, req: &FaultRequest) -> FaultView {
         let mut plan = self.lock();
+        if req.fail_next.is_some() {
+            // A new batch of failures: errcode and path default afresh.
+            plan.errcode = errcode::SYSTEM_ERROR;
+            plan.path = None;
+        }
         if let Some(code) = req.errcode {
             plan.errcode = code;
         }
@@ -175,6 +182,20 @@ mod tests {
         assert_eq!(v.errcode, -1);
         assert_eq!(f.latency(), Some(Duration::from_millis(20)));
         assert_eq!(f.take_failure("/any"), Some(-1));
+        f.apply(&FaultRequest {
+            fail_next: Some(1),
+            errcode: Some(40001),
+            ..Default::default()
+        });
+        // A new batch without errcode is back to -1.
+        assert_eq!(
+            f.apply(&FaultRequest {
+                fail_next: Some(1),
+                ..Default::default()
+            })
+            .errcode,
+            -1
+        );
         f.apply(&FaultRequest {
             fail_next: Some(5),
             ..Default::default()

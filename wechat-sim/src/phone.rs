@@ -109,7 +109,11 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
     };
     let ticket = req.ticket.trim();
     if ticket.is_empty() {
-        return sim_error(StatusCode::BAD_REQUEST, "missing_ticket", "ticket is required");
+        return sim_error(
+            StatusCode::BAD_REQUEST,
+            "missing_ticket",
+            "ticket is required",
+        );
     }
     let openid = match req.openid.as_deref().map(str::trim) {
         None | Some("") => random_openid(),
@@ -124,7 +128,11 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
     };
     let nickname = match req.nickname {
         Some(n) if n.chars().count() > MAX_NAME_LEN => {
-            return sim_error(StatusCode::BAD_REQUEST, "bad_nickname", "nickname is too long");
+            return sim_error(
+                StatusCode::BAD_REQUEST,
+                "bad_nickname",
+                "nickname is too long",
+            );
         }
         Some(n) if !n.trim().is_empty() => Some(n),
         _ => None,
@@ -133,7 +141,11 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
         Lookup::Live(t) => t,
         Lookup::Expired(_) => {
             state.stats.scans_refused.inc();
-            return sim_error(StatusCode::GONE, "ticket_expired", "the QR code has expired");
+            return sim_error(
+                StatusCode::GONE,
+                "ticket_expired",
+                "the QR code has expired",
+            );
         }
         Lookup::Unknown => {
             state.stats.scans_refused.inc();
@@ -232,7 +244,12 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
         state.stats.callbacks_delivered.inc();
     } else {
         state.stats.callbacks_failed.inc();
-        tracing::warn!(error = answer.error, message = answer.message.as_deref(), attempts = answer.attempts, "scan: callback failed");
+        tracing::warn!(
+            error = answer.error,
+            message = answer.message.as_deref(),
+            attempts = answer.attempts,
+            "scan: callback failed"
+        );
     }
     json(status, serde_json::to_string(&answer).unwrap_or_default())
 }
@@ -289,7 +306,9 @@ pub async fn deliver(state: &SimState, delivery: &Delivery) -> Delivered {
         outcome = attempt(&state.http, delivery, timeout).await;
         match &outcome {
             Outcome::Answered { status, .. } if *status < 500 => break,
-            other => tracing::info!(attempt = attempts, outcome = ?other, "callback attempt failed"),
+            other => {
+                tracing::info!(attempt = attempts, outcome = ?other, "callback attempt failed")
+            }
         }
     }
     Delivered { attempts, outcome }
@@ -378,7 +397,9 @@ pub fn read_reply(
                 .map_err(|e| format!("decrypted reply is not a message: {e}"))?
         }
         None if sent_encrypted => return Err("plain reply to an encrypted message".into()),
-        None => Message::from_fields(&fields).map_err(|e| format!("reply is not a message: {e}"))?,
+        None => {
+            Message::from_fields(&fields).map_err(|e| format!("reply is not a message: {e}"))?
+        }
     };
     if message.to_user != openid {
         return Err(format!(
@@ -471,19 +492,36 @@ mod tests {
         assert_eq!(q("x"), "1");
         assert_eq!(q("timestamp"), "100");
         assert_eq!(q("openid"), "oU");
-        assert!(signature::verify("tok", &q("timestamp"), &q("nonce"), &q("signature")));
+        assert!(signature::verify(
+            "tok",
+            &q("timestamp"),
+            &q("nonce"),
+            &q("signature")
+        ));
         assert!(query_value(&d.url, "encrypt_type").is_none());
     }
 
     #[test]
     fn safe_mode_delivery_is_encrypted_and_signed() {
         let s = settings(true);
-        let xml = event_body("gh_simulator", "oU", 100, "subscribe", "qrscene_5", Some("t"));
+        let xml = event_body(
+            "gh_simulator",
+            "oU",
+            100,
+            "subscribe",
+            "qrscene_5",
+            Some("t"),
+        );
         let d = prepare(&s, &xml, "oU", 100);
         assert!(d.encrypted);
         let q = |n| query_value(&d.url, n).unwrap();
         assert_eq!(q("encrypt_type"), "aes");
-        assert!(signature::verify("tok", &q("timestamp"), &q("nonce"), &q("signature")));
+        assert!(signature::verify(
+            "tok",
+            &q("timestamp"),
+            &q("nonce"),
+            &q("signature")
+        ));
         let f = Fields::parse(d.body.as_bytes()).unwrap();
         assert_eq!(f.get("ToUserName"), Some("gh_simulator"));
         let env = EncryptedEnvelope::from_fields(&f).unwrap();
@@ -506,7 +544,10 @@ mod tests {
     fn plain_replies() {
         let s = settings(false);
         assert_eq!(read_reply(&s, "", false, "oU"), Ok(Reply::default()));
-        assert_eq!(read_reply(&s, " success\n", false, "oU"), Ok(Reply::default()));
+        assert_eq!(
+            read_reply(&s, " success\n", false, "oU"),
+            Ok(Reply::default())
+        );
         let xml = text_reply("oU", "gh_simulator", 1, "Alice, login successful!");
         assert_eq!(
             read_reply(&s, &xml, false, "oU").unwrap().text,
@@ -534,7 +575,11 @@ mod tests {
         let enc2 = key.encrypt(inner.as_bytes(), "wxother", &[3; 16]);
         let sig2 = signature::msg_signature("tok", "123", "n1", &enc2);
         let env2 = encrypted_envelope(&enc2, &sig2, "123", "n1");
-        assert!(read_reply(&s, &env2, true, "oU").unwrap_err().contains("appid"));
+        assert!(
+            read_reply(&s, &env2, true, "oU")
+                .unwrap_err()
+                .contains("appid")
+        );
         assert!(read_reply(&s, &inner, true, "oU").is_err());
         // "success" is fine in safe mode too.
         assert_eq!(read_reply(&s, "success", true, "oU"), Ok(Reply::default()));
@@ -544,9 +589,10 @@ mod tests {
     fn scan_request_shapes() {
         let r: ScanRequest = serde_json::from_str(r#"{"ticket":"t"}"#).unwrap();
         assert!(r.openid.is_none() && r.subscribed.is_none() && r.nickname.is_none());
-        let r: ScanRequest =
-            serde_json::from_str(r#"{"ticket":"t","openid":"o","subscribed":false,"nickname":"N"}"#)
-                .unwrap();
+        let r: ScanRequest = serde_json::from_str(
+            r#"{"ticket":"t","openid":"o","subscribed":false,"nickname":"N"}"#,
+        )
+        .unwrap();
         assert_eq!(r.subscribed, Some(false));
     }
 }

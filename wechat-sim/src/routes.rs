@@ -80,6 +80,7 @@ pub async fn handle(state: Arc<SimState>, req: Request<Incoming>) -> Response {
 fn preflight(request_headers: Option<HeaderValue>, private_network: bool) -> Response {
     let mut resp = text(StatusCode::NO_CONTENT, "");
     let h = resp.headers_mut();
+    h.remove(header::CONTENT_TYPE);
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
@@ -119,9 +120,9 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>) -> Response {
     }
     match (method, path.as_str()) {
         (Method::GET | Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (Method::GET, "/metrics") => daemon_kit::http::metrics(
-            state.stats.to_prometheus(state.tickets.len()),
-        ),
+        (Method::GET, "/metrics") => {
+            daemon_kit::http::metrics(state.stats.to_prometheus(state.tickets.len()))
+        }
         (Method::GET, "/") => text(StatusCode::OK, INDEX),
         (Method::POST, "/sim/scan") => match read_body(req.into_body()).await {
             Ok(body) => phone::scan(state, &body).await,
@@ -172,7 +173,11 @@ fn set_faults(state: &SimState, body: &[u8]) -> Response {
         state.tokens.expire_all(Instant::now());
     }
     let view = state.faults.apply(&req);
-    tracing::info!(?view, expire_tokens = req.expire_tokens == Some(true), "faults set");
+    tracing::info!(
+        ?view,
+        expire_tokens = req.expire_tokens == Some(true),
+        "faults set"
+    );
     json(
         StatusCode::OK,
         serde_json::to_string(&view).unwrap_or_default(),

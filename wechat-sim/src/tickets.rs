@@ -106,10 +106,10 @@ impl Shard {
     fn make_room(&mut self, cap: usize, now: Instant) {
         while let Some(front) = self.order.front() {
             let evict = self.map.len() >= cap
-                || self.map.get(front).is_none_or(|t| {
-                    t.expires_at
-                        .is_some_and(|at| at + EXPIRED_MEMORY <= now)
-                });
+                || self
+                    .map
+                    .get(front)
+                    .is_none_or(|t| t.expires_at.is_some_and(|at| at + EXPIRED_MEMORY <= now));
             if !evict {
                 break;
             }
@@ -157,7 +157,10 @@ impl TicketStore {
         loop {
             let (ticket, url) = {
                 let mut rng = rand::rng();
-                (mint_ticket(n % 3 == 0, &mut rng), mint_url(&mut rng))
+                (
+                    mint_ticket(matches!(n % 3, 0), &mut rng),
+                    mint_url(&mut rng),
+                )
             };
             let ticket: Arc<str> = Arc::from(ticket);
             let entry = Arc::new(Ticket {
@@ -242,11 +245,7 @@ pub fn mint_ticket(special: bool, rng: &mut impl Rng) -> String {
     } else {
         let mut s = String::with_capacity(84);
         s.push_str("gQ");
-        s.extend(
-            rng.sample_iter(Alphanumeric)
-                .take(82)
-                .map(char::from),
-        );
+        s.extend(rng.sample_iter(Alphanumeric).take(82).map(char::from));
         s
     }
 }
@@ -271,7 +270,10 @@ mod tests {
             let t = mint_ticket(true, &mut rng);
             assert_eq!(t.len(), 84);
             assert!(t.starts_with("gQ"), "{t}");
-            assert!(t.contains('+') && t.contains('/') && t.ends_with('='), "{t}");
+            assert!(
+                t.contains('+') && t.contains('/') && t.ends_with('='),
+                "{t}"
+            );
             assert!(STANDARD.decode(&t).is_ok());
             let p = mint_ticket(false, &mut rng);
             assert_eq!(p.len(), 84);
