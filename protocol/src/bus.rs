@@ -248,6 +248,94 @@ pub fn split_line(buf: &mut Vec<u8>, scanned: &mut usize, max: usize) -> Option<
     }
 }
 
+/// A line in a [`LineBuffer`], borrowed from it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineRef<'a> {
+    /// A complete line, without its newline (and without a trailing `\r`).
+    Complete(&'a [u8]),
+    /// See [`Line::TooLong`].
+    TooLong,
+}
+
+/// A read buffer that hands out complete lines as slices: no copy and no
+/// shift per line. Consumed bytes are dropped once per read, in
+/// [`LineBuffer::read_target`]. This is the bus server's hot path.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// Start of the first unconsumed byte.
+    start: usize,
+    /// Bytes after `start` known to hold no newline.
+    scanned: usize,
+    max: usize,
+}
+
+impl LineBuffer {
+    /// A buffer with `capacity` bytes and a line limit of `max`.
+    pub fn new(capacity: usize, max: usize) -> LineBuffer {
+        LineBuffer {
+            buf: Vec::with_capacity(capacity),
+            start: 0,
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// The vector to read into (e.g. with `read_buf`), with at least
+    /// `min_spare` bytes of spare capacity; consumed lines are dropped first.
+    pub fn read_target(&mut self, min_spare: usize) -> &mut Vec<u8> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < min_spare {
+            self.buf.reserve(min_spare);
+        }
+        &mut self.buf
+    }
+
+    /// The next complete line, if one has arrived (see [`split_line`] for
+    /// the limit's rules).
+    pub fn next_line(&mut self) -> Option<LineRef<'_>> {
+        let from = self.start + self.scanned;
+        let rest = self.buf.get(from..).unwrap_or_default();
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(pos) => {
+                let line_start = self.start;
+                let end = from + pos;
+                self.start = end + 1;
+                self.scanned = 0;
+                let mut line = &self.buf[line_start..end];
+                if let [head @ .., b'\r'] = line {
+                    line = head;
+                }
+                Some(if line.len() > self.max {
+                    LineRef::TooLong
+                } else {
+                    LineRef::Complete(line)
+                })
+            }
+            None => {
+                self.scanned = self.buf.len() - self.start;
+                (self.scanned > self.max).then_some(LineRef::TooLong)
+            }
+        }
+    }
+
+    /// What is left after the last complete line (a final line without a
+    /// newline, at EOF).
+    pub fn remainder(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+
+    /// Drops everything buffered.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +395,58 @@ mod tests {
             assert_eq!(Answer::parse(&line[..line.len() - 1]), Err(Some(e)));
             let v: serde_json::Value = serde_json::from_slice(line).unwrap();
             assert_eq!(v["error"], e.code());
+        }
+    }
+
+    #[test]
+    fn line_buffer_matches_split_line() {
+        let mut lb = LineBuffer::new(8, 10);
+        lb.read_target(4).extend_from_slice(b"abc\r\nde");
+        assert_eq!(lb.next_line(), Some(LineRef::Complete(b"abc")));
+        assert_eq!(lb.next_line(), None);
+        lb.read_target(4).extend_from_slice(b"f\n\nxyz");
+        assert_eq!(lb.next_line(), Some(LineRef::Complete(b"def")));
+        assert_eq!(lb.next_line(), Some(LineRef::Complete(b"")));
+        assert_eq!(lb.next_line(), None);
+        assert_eq!(lb.remainder(), b"xyz");
+        lb.read_target(16).extend_from_slice(b"0123456789");
+        assert_eq!(lb.next_line(), Some(LineRef::TooLong));
+        lb.clear();
+        lb.read_target(16).extend_from_slice(&[b'y'; 11]);
+        lb.read_target(1).push(b'\n');
+        assert_eq!(lb.next_line(), Some(LineRef::TooLong));
+        lb.read_target(16).extend_from_slice(&[b'z'; 10]);
+        lb.read_target(1).push(b'\n');
+        assert!(matches!(lb.next_line(), Some(LineRef::Complete(l)) if l.len() == 10));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn line_buffer_agrees_with_split_line(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', b'{']), 0..40), 0..20)
+        ) {
+            let (mut a, mut lb) = (Vec::new(), LineBuffer::new(4, 16));
+            let (mut buf, mut scanned) = (Vec::new(), 0);
+            let (mut b, mut stop_a, mut stop_b) = (Vec::new(), false, false);
+            for chunk in &chunks {
+                buf.extend_from_slice(chunk);
+                while !stop_a {
+                    match split_line(&mut buf, &mut scanned, 16) {
+                        Some(Line::Complete(l)) => a.push(Some(l)),
+                        Some(Line::TooLong) => { a.push(None); stop_a = true; }
+                        None => break,
+                    }
+                }
+                lb.read_target(8).extend_from_slice(chunk);
+                while !stop_b {
+                    match lb.next_line() {
+                        Some(LineRef::Complete(l)) => b.push(Some(l.to_vec())),
+                        Some(LineRef::TooLong) => { b.push(None); stop_b = true; }
+                        None => break,
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(a, b);
         }
     }
 
