@@ -91,7 +91,8 @@ where
             if key == "config" || !known.contains(&key) {
                 return Err(ConfigError::UnknownKey { path, key });
             }
-            cmd = cmd.mut_arg(key.as_str(), |a| a.default_value(value));
+            // A value from the file may be a secret: never show it in --help.
+            cmd = cmd.mut_arg(key.as_str(), |a| hide_default(a.default_value(value)));
         }
     }
     if let Some(dir) = env("CREDENTIALS_DIRECTORY") {
@@ -104,7 +105,7 @@ where
             match std::fs::read_to_string(&path) {
                 Ok(v) => {
                     let v = v.trim_end_matches(['\r', '\n']).to_string();
-                    cmd = cmd.mut_arg(name, |a| a.default_value(v));
+                    cmd = cmd.mut_arg(name, |a| hide_default(a.default_value(v)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(ConfigError::Credential { path, source }),
@@ -113,6 +114,16 @@ where
     }
     let matches = cmd.try_get_matches_from(args)?;
     Ok(T::from_arg_matches(&matches)?)
+}
+
+/// Keeps a default that came from a file out of `--help` (it may be a
+/// secret). Bare boolean flags show no default anyway.
+fn hide_default(arg: clap::Arg) -> clap::Arg {
+    if arg.get_action().takes_values() {
+        arg.hide_default_value(true)
+    } else {
+        arg
+    }
 }
 
 /// Finds `--config FILE` or `--config=FILE` among the arguments.
@@ -290,6 +301,25 @@ mod tests {
             load_from::<Demo, _>(["x", "--config", "/nonexistent/x.toml"], env_of(&[])),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn values_from_files_never_show_in_help() {
+        let dir = tmpdir("help");
+        write(&dir, "token", "cred-secret-1\n");
+        let f = write(&dir, "c.toml", "token = \"file-secret-2\"\n");
+        for env in [
+            vec![("CREDENTIALS_DIRECTORY", dir.to_str().unwrap())],
+            vec![("SCAN_LOGIN_CONFIG", f.to_str().unwrap())],
+        ] {
+            let err = load_from::<Demo, _>(["x", "--help"], env_of(&env)).unwrap_err();
+            let ConfigError::Clap(e) = err else {
+                panic!("expected help")
+            };
+            let help = e.to_string();
+            assert!(help.contains("--token"));
+            assert!(!help.contains("secret-"), "{help}");
+        }
     }
 
     #[test]

@@ -63,7 +63,13 @@ pub struct Config {
 
     /// AppSecret of the official account (required). Prefer the env var
     /// or a systemd credential `app_secret` over the command line.
-    #[arg(long, env = "WECHAT_APP_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WECHAT_APP_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub app_secret: Option<Secret>,
 
     /// Base URL of the WeChat API (change only for a test double such as
@@ -131,7 +137,13 @@ pub struct Config {
 
     /// Shared secret every bus line must carry in `secret` (answered
     /// `unauthorized` otherwise). Unset or empty: no check.
-    #[arg(long, env = "NOTIFY_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NOTIFY_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub notify_secret: Option<Secret>,
 
     /// QR codes minted per client IP per minute (a token bucket; IPv6
@@ -265,7 +277,10 @@ impl Config {
             ("wechat_api_base", q(&self.wechat_api_base)),
             ("qrcode_image_base", q(&self.qrcode_image_base)),
             ("qr_expire_seconds", self.qr_expire_seconds.to_string()),
-            ("idle_timeout_seconds", self.idle_timeout_seconds.to_string()),
+            (
+                "idle_timeout_seconds",
+                self.idle_timeout_seconds.to_string(),
+            ),
             ("max_connections", self.max_connections.to_string()),
             (
                 "notify_require_ticket",
@@ -357,13 +372,27 @@ mod tests {
             Err(ConfigError::MissingAppSecret)
         ));
         assert!(matches!(
-            parse(&["--app-id", "wx", "--app-secret", "s", "--trusted-proxy", "10.0.0.0/8,nope"])
-                .validate(),
+            parse(&[
+                "--app-id",
+                "wx",
+                "--app-secret",
+                "s",
+                "--trusted-proxy",
+                "10.0.0.0/8,nope"
+            ])
+            .validate(),
             Err(ConfigError::BadTrustedProxy { .. })
         ));
         assert!(matches!(
-            parse(&["--app-id", "wx", "--app-secret", "s", "--wechat-api-base", "ftp://x"])
-                .validate(),
+            parse(&[
+                "--app-id",
+                "wx",
+                "--app-secret",
+                "s",
+                "--wechat-api-base",
+                "ftp://x"
+            ])
+            .validate(),
             Err(ConfigError::BadUrl { .. })
         ));
         let mut all = vec!["ws-gateway", "--qr-expire-seconds", "0"];

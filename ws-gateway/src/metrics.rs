@@ -31,7 +31,7 @@ pub struct Metrics {
     /// `rate_limited` answers: the client IP's `--qr-mint-rate` budget.
     pub qr_ip_limited: Counter,
     pub qr_expired: Counter,
-    /// `scan_success` frames written to browsers.
+    /// `scan_success` frames sent to browsers.
     pub pushes: Counter,
     pub bus_connections: Gauge,
     pub bus_lines: [Counter; BUS_RESULTS],
@@ -119,7 +119,7 @@ impl Metrics {
             )
             .counter(
                 "ws_gateway_pushes_total",
-                "scan_success frames written to browsers.",
+                "scan_success frames sent to browsers.",
                 self.pushes.get(),
             )
             .gauge(

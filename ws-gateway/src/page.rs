@@ -38,8 +38,16 @@ impl Pages {
                 "text/html; charset=utf-8",
                 self.index.clone(),
             ),
-            "/scan-login.js" => with_type(StatusCode::OK, JS_TYPE, Bytes::from_static(SCAN_LOGIN_JS.as_bytes())),
-            "/scan-login.mjs" => with_type(StatusCode::OK, JS_TYPE, Bytes::from_static(SCAN_LOGIN_MJS.as_bytes())),
+            "/scan-login.js" => with_type(
+                StatusCode::OK,
+                JS_TYPE,
+                Bytes::from_static(SCAN_LOGIN_JS.as_bytes()),
+            ),
+            "/scan-login.mjs" => with_type(
+                StatusCode::OK,
+                JS_TYPE,
+                Bytes::from_static(SCAN_LOGIN_MJS.as_bytes()),
+            ),
             _ => return None,
         };
         Some(static_headers(resp))
@@ -83,7 +91,10 @@ mod tests {
 
     #[test]
     fn sim_url_is_escaped_for_a_script() {
-        assert_eq!(js_string_body("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(
+            js_string_body("http://127.0.0.1:9000"),
+            "http://127.0.0.1:9000"
+        );
         assert_eq!(
             js_string_body("\"</script><x>&"),
             "\\\"\\u003c/script\\u003e\\u003cx\\u003e\\u0026"

@@ -155,9 +155,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let shift = self.failures.min(16);
         self.failures = self.failures.saturating_add(1);
-        BACKOFF_MIN
-            .saturating_mul(1u32 << shift)
-            .min(BACKOFF_MAX)
+        BACKOFF_MIN.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
     }
 
     pub fn reset(&mut self) {

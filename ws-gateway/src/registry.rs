@@ -44,6 +44,11 @@ pub const PUSH_QUEUE_CAPACITY: usize = 4;
 /// WeChat retries callbacks for about 15 s.
 pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(30);
 
+/// The largest fd drawn. WeChat documents a temporary code's `scene_id`
+/// as a "32-bit non-zero integer" and some of its backends treat it as
+/// signed, so fds stay within `1..=i32::MAX` (31 random bits).
+pub const MAX_FD: u32 = 0x7FFF_FFFF;
+
 /// How many random draws [`Registry::register`] tries before giving up
 /// (only reachable with a broken random source or ~4 billion fds in use).
 const MAX_DRAWS: usize = 64;
@@ -103,10 +108,10 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Draws a random non-zero fd that is neither in use nor reserved and
-    /// registers a connection under it. `None` only if no free fd was found.
+    /// Draws a random fd in `1..=MAX_FD` that is neither in use nor
+    /// reserved and registers a connection under it. `None` only if no free fd was found.
     pub fn register(&self, wake: Arc<Notify>, now: Instant) -> Option<u32> {
-        self.register_with(wake, now, rand::random::<u32>)
+        self.register_with(wake, now, || rand::random::<u32>() & MAX_FD)
     }
 
     /// [`Registry::register`] with a given source of candidate fds.
@@ -206,6 +211,19 @@ impl Registry {
         e.queue
     }
 
+    /// Wakes every connection task (at shutdown: each then sees the
+    /// cancelled token and closes).
+    pub fn wake_all(&self) {
+        for shard in self.shards.iter() {
+            let map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            for slot in map.values() {
+                if let Slot::Live(e) = slot {
+                    e.wake.notify_one();
+                }
+            }
+        }
+    }
+
     /// Drops tombstones whose time is up and gives back spare map capacity.
     pub fn sweep(&self, now: Instant) -> Counts {
         let mut counts = Counts::default();
@@ -297,7 +315,13 @@ mod tests {
         // 9 minted a code and closed: reserved until expiry + grace.
         r.set_code(9, "t9", now + Duration::from_secs(10));
         r.remove(9, now);
-        assert_eq!(r.counts(), Counts { live: 1, tombstones: 1 });
+        assert_eq!(
+            r.counts(),
+            Counts {
+                live: 1,
+                tombstones: 1
+            }
+        );
         assert_eq!(r.register_with(wake.clone(), now, seq(&[9, 11])), Some(11));
         let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE;
         assert_eq!(r.register_with(wake.clone(), later, seq(&[9])), Some(9));
@@ -305,6 +329,21 @@ mod tests {
         r.remove(7, now);
         assert_eq!(r.register_with(wake.clone(), now, seq(&[7])), Some(7));
         assert_eq!(r.register_with(wake, now, seq(&[7, 9, 11])), None);
+    }
+
+    #[test]
+    fn real_draws_are_random_distinct_and_in_range() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let fds: Vec<u32> = (0..2000)
+            .map(|_| r.register(Arc::new(Notify::new()), now).unwrap())
+            .collect();
+        assert!(fds.iter().all(|&fd| (1..=MAX_FD).contains(&fd)));
+        let distinct: std::collections::HashSet<_> = fds.iter().collect();
+        assert_eq!(distinct.len(), fds.len());
+        // Not a counter.
+        assert!(fds.windows(2).any(|w| w[1] != w[0].wrapping_add(1)));
+        assert_eq!(r.counts().live, 2000);
     }
 
     #[test]
@@ -326,11 +365,20 @@ mod tests {
         let now = Instant::now();
         let wake = Arc::new(Notify::new());
         let fd = r.register_with(wake, now, seq(&[3])).unwrap();
-        assert_eq!(r.push(fd, Some("t1"), scan("a")), Err(BusError::TicketMismatch));
+        assert_eq!(
+            r.push(fd, Some("t1"), scan("a")),
+            Err(BusError::TicketMismatch)
+        );
         r.set_code(fd, "t1", now + Duration::from_secs(60));
-        assert_eq!(r.push(fd, Some("t0"), scan("a")), Err(BusError::TicketMismatch));
+        assert_eq!(
+            r.push(fd, Some("t0"), scan("a")),
+            Err(BusError::TicketMismatch)
+        );
         assert_eq!(r.push(fd, Some("t1"), scan("a")), Ok(()));
-        assert_eq!(r.push(fd, Some("t1"), scan("a")), Err(BusError::TicketMismatch));
+        assert_eq!(
+            r.push(fd, Some("t1"), scan("a")),
+            Err(BusError::TicketMismatch)
+        );
         // Without a ticket nothing is checked or spent.
         assert_eq!(r.push(fd, None, scan("b")), Ok(()));
         assert_eq!(r.take_pushes(fd).len(), 2);

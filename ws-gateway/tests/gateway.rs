@@ -1,0 +1,970 @@
+//! Integration tests of `ws-gateway`: the real binary (and once the library
+//! in-process) against a fake WeChat API, real WebSocket clients and real
+//! notify-bus TCP clients.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// Reads until a Close frame arrives (bounded); returns its code.
+async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no close frame in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before the close frame: {e}"),
+            None => panic!("socket ended without a close frame"),
+        }
+    }
+}
+
+/// After a close frame: the stream ends (bounded).
+async fn expect_end(ws: &mut Ws) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("socket did not end in time")
+        {
+            None | Some(Err(_)) => return,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_code_is_pushed_and_scans_reach_only_their_browser() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut b = Browser::open(&gw, &fake).await;
+
+    // The frame: image URL = base + the percent-encoded ticket.
+    for br in [&a, &b] {
+        assert!(br.ticket.contains('+') && br.ticket.contains('/') && br.ticket.contains('='));
+        assert_eq!(
+            br.code["url"],
+            format!("{IMAGE_BASE}{}", percent_encode(&br.ticket))
+        );
+        assert!(!br.code["url"].as_str().unwrap().contains('+'));
+        assert!(
+            br.code["qr_content"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://weixin.qq.com/q/fake")
+        );
+        assert_eq!(br.code["expire_seconds"], 120);
+        assert_ne!(br.fd, 0);
+    }
+    assert_ne!(a.fd, b.fd);
+
+    let mut bus = Bus::connect(&gw).await;
+    let line = serde_json::json!({
+        "type": "scan", "fd": a.fd, "nickname": "Alice", "openid": "oAlice",
+        "token": "jwt.for.alice", "ticket": a.ticket,
+    })
+    .to_string();
+    assert_eq!(bus.ask(&line).await, OK);
+    let ok = expect_frame(&mut a.ws, "scan_success").await;
+    assert_eq!(ok["user"], "Alice");
+    assert_eq!(ok["openid"], "oAlice");
+    assert_eq!(ok["token"], "jwt.for.alice");
+    // B got nothing.
+    expect_nothing_pending(&mut b.ws).await;
+
+    // The ticket is spent: the same scan again is refused.
+    assert_eq!(bus.ask(&line).await, err("ticket_mismatch"));
+    // Another browser's ticket does not fit either.
+    assert_eq!(
+        bus.ask(&scan(a.fd, "Mallory", Some(&b.ticket), None)).await,
+        err("ticket_mismatch")
+    );
+    // A line without a ticket spends nothing and still reaches A.
+    assert_eq!(bus.ask(&scan(a.fd, "Bob", None, None)).await, OK);
+    let ok = expect_frame(&mut a.ws, "scan_success").await;
+    assert_eq!(ok["user"], "Bob");
+    assert_eq!(ok["openid"], "");
+    assert!(ok.get("token").is_none(), "{ok}");
+    // B's own ticket still works for B.
+    assert_eq!(
+        bus.ask(&scan(b.fd, "Carol", Some(&b.ticket), None)).await,
+        OK
+    );
+    assert_eq!(
+        expect_frame(&mut b.ws, "scan_success").await["user"],
+        "Carol"
+    );
+
+    // The WebSocket stays open after scan_success.
+    expect_nothing_pending(&mut a.ws).await;
+
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(metric(&m, "ws_gateway_connections_open"), Some(2.0));
+    assert_eq!(metric(&m, "ws_gateway_qr_minted_total"), Some(2.0));
+    assert_eq!(metric(&m, "ws_gateway_qr_minted_today"), Some(2.0));
+    assert_eq!(metric(&m, "ws_gateway_pushes_total"), Some(3.0));
+    assert_eq!(
+        metric(&m, r#"ws_gateway_bus_lines_total{result="ok"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_bus_lines_total{result="ticket_mismatch"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(metric(&m, "ws_gateway_wechat_api_seconds_count"), Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bus_error_code_in_the_order_of_checks() {
+    let fake = FakeWeChat::start().await;
+    let secret = "bus-secret-1";
+    let gw = Gw::start(
+        &fake,
+        &["--notify-secret", secret, "--notify-require-ticket"],
+    )
+    .await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    let s = Some(secret);
+    let cases: Vec<(String, String)> = vec![
+        ("not json".into(), err("bad_json")),
+        ("".into(), err("bad_json")),
+        (r#"{"type":"hello","fd":1}"#.into(), err("unknown_type")),
+        // Malformed beats unauthorized.
+        (
+            r#"{"type":"scan","fd":"x","nickname":"a"}"#.into(),
+            err("bad_json"),
+        ),
+        (scan(a.fd, "a", Some(&a.ticket), None), err("unauthorized")),
+        (
+            scan(a.fd, "a", Some(&a.ticket), Some("wrong")),
+            err("unauthorized"),
+        ),
+        (
+            scan(a.fd, "a", Some(&a.ticket), Some("bus-secret-")),
+            err("unauthorized"),
+        ),
+        // Unauthorized beats ticket_required and no_such_client.
+        (scan(1, "a", None, Some("nope")), err("unauthorized")),
+        (scan(a.fd, "a", None, s), err("ticket_required")),
+        // ticket_required beats no_such_client.
+        (scan(a.fd ^ 1, "a", None, s), err("ticket_required")),
+        (
+            scan(a.fd ^ 1, "a", Some(&a.ticket), s),
+            err("no_such_client"),
+        ),
+        (
+            scan(a.fd, "a", Some("other-ticket"), s),
+            err("ticket_mismatch"),
+        ),
+        (scan(a.fd, "Alice", Some(&a.ticket), s), OK.to_string()),
+        (
+            scan(a.fd, "Alice", Some(&a.ticket), s),
+            err("ticket_mismatch"),
+        ),
+    ];
+    for (line, want) in &cases {
+        assert_eq!(&bus.ask(line).await, want, "line {line}");
+    }
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+
+    // A line of exactly the limit is read (and judged) normally.
+    let mut exact = scan(a.fd ^ 1, "a", Some("t"), s);
+    let pad = protocol::bus::MAX_LINE_BYTES - exact.len();
+    exact.insert_str(exact.len() - 1, &" ".repeat(pad));
+    assert_eq!(exact.len(), protocol::bus::MAX_LINE_BYTES);
+    assert_eq!(bus.ask(&exact).await, err("no_such_client"));
+
+    // One byte more: line_too_long, then the gateway closes.
+    let long = format!("{exact} ");
+    assert_eq!(bus.ask(&long).await, err("line_too_long"));
+    assert_eq!(bus.read_line().await, None);
+
+    // An over-long partial line (no newline yet) is refused as well.
+    let mut bus = Bus::connect(&gw).await;
+    bus.write(&vec![b'x'; protocol::bus::MAX_LINE_BYTES + 10])
+        .await;
+    assert_eq!(bus.read_line().await, Some(err("line_too_long")));
+    assert_eq!(bus.read_line().await, None);
+
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(&m, r#"ws_gateway_bus_lines_total{result="unauthorized"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&m, r#"ws_gateway_bus_lines_total{result="line_too_long"}"#),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_does_not_read_gets_client_busy() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    // This browser reads its code and then never reads again.
+    let a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    let nickname = "n".repeat(60 * 1024);
+    let line = scan(a.fd, &nickname, None, None);
+    let mut answers = Vec::new();
+    for _ in 0..2000 {
+        let answer = bus.ask(&line).await;
+        let busy = answer == err("client_busy");
+        answers.push(answer);
+        if busy {
+            break;
+        }
+    }
+    assert_eq!(
+        answers.last(),
+        Some(&err("client_busy")),
+        "never got client_busy"
+    );
+    assert!(answers[..answers.len() - 1].iter().all(|a| a == OK));
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(&m, r#"ws_gateway_bus_lines_total{result="client_busy"}"#),
+        Some(1.0)
+    );
+    // Other browsers are unaffected.
+    let mut b = Browser::open(&gw, &fake).await;
+    assert_eq!(bus.ask(&scan(b.fd, "Bea", Some(&b.ticket), None)).await, OK);
+    assert_eq!(expect_frame(&mut b.ws, "scan_success").await["user"], "Bea");
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_lines_are_answered_in_order_after_half_close() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut batch = String::new();
+    let mut want = Vec::new();
+    for i in 0..300u32 {
+        let (line, answer) = match i {
+            150 => (scan(a.fd, "Alice", Some(&a.ticket), None), OK.to_string()),
+            151 => (
+                scan(a.fd, "Alice", Some(&a.ticket), None),
+                err("ticket_mismatch"),
+            ),
+            i if i % 3 == 0 => ("{broken".to_string(), err("bad_json")),
+            i if i % 3 == 1 => (format!(r#"{{"type":"t{i}"}}"#), err("unknown_type")),
+            _ => (scan(a.fd ^ (i | 1), "x", None, None), err("no_such_client")),
+        };
+        batch.push_str(&line);
+        batch.push('\n');
+        want.push(answer);
+    }
+    // A CRLF line, and a last line without a newline before the half-close.
+    batch.push_str("{broken\r\n");
+    want.push(err("bad_json"));
+    batch.push_str(&scan(a.fd, "Alice", None, None));
+    want.push(OK.to_string());
+
+    let mut bus = Bus::connect(&gw).await;
+    bus.write(batch.as_bytes()).await;
+    bus.finish().await;
+    let got = bus.read_to_end().await;
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "answer {i}");
+    }
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_nc_example_works() {
+    let has_nc_n = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "command -v nc >/dev/null && nc -h 2>&1 | grep -qE '(^|[[:space:]])-N'",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !has_nc_n {
+        eprintln!(
+            "SKIPPED the_contract_nc_example_works: `nc` with -N (netcat-openbsd) is not installed"
+        );
+        return;
+    }
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let script = format!(
+        "echo '{{\"type\":\"scan\",\"fd\":{},\"nickname\":\"Alice\"}}' | nc -N 127.0.0.1 {}",
+        a.fd,
+        gw.notify.port()
+    );
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .output(),
+    )
+    .await
+    .expect("nc timed out")
+    .expect("run nc");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"ok\":true}\n");
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_expire_and_refresh_is_spaced_five_seconds() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--qr-expire-seconds", "1"]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let first_code_at = Instant::now();
+    assert_eq!(a.code["expire_seconds"], 1);
+    expect_frame(&mut a.ws, "qrcode_expired").await;
+
+    // Too soon after the last code: refused (and the refusal does not count).
+    send_text(&mut a.ws, r#"{"cmd":"refresh"}"#).await;
+    expect_error(&mut a.ws, "rate_limited").await;
+    assert!(first_code_at.elapsed() < Duration::from_secs(5));
+
+    // A fresh connection gets a code at once.
+    let b = Browser::open(&gw, &fake).await;
+    assert_ne!(b.ticket, a.ticket);
+
+    // Five seconds after the first code, refresh mints a new one.
+    let wait = Duration::from_millis(5300).saturating_sub(first_code_at.elapsed());
+    tokio::time::sleep(wait).await;
+    send_text(&mut a.ws, r#"{"cmd":"refresh"}"#).await;
+    let code = expect_frame(&mut a.ws, "qrcode_url").await;
+    let ticket = ticket_of(&code);
+    assert_ne!(ticket, a.ticket);
+    assert_eq!(
+        fake.fd_of(&ticket),
+        a.fd,
+        "a refresh keeps the connection's fd"
+    );
+    // The old ticket is no longer the current one.
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(
+        bus.ask(&scan(a.fd, "x", Some(&a.ticket), None)).await,
+        err("ticket_mismatch")
+    );
+    assert_eq!(bus.ask(&scan(a.fd, "x", Some(&ticket), None)).await, OK);
+    assert_eq!(expect_frame(&mut a.ws, "scan_success").await["user"], "x");
+
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(&m, r#"ws_gateway_qr_rate_limited_total{reason="refresh"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_mint_rate_limits_each_client_ip() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(
+        &fake,
+        &[
+            "--qr-mint-rate",
+            "2",
+            "--trusted-proxy",
+            "10.0.0.0/8,127.0.0.1",
+        ],
+    )
+    .await;
+    let _a = Browser::open(&gw, &fake).await;
+    let _b = Browser::open(&gw, &fake).await;
+    let mut c = ws_connect(&gw).await;
+    expect_error(&mut c, "rate_limited").await;
+    // The connection stays open.
+    expect_nothing_pending(&mut c).await;
+    // refresh is refused the same way while the budget is spent.
+    send_text(&mut c, r#"{"cmd":"refresh"}"#).await;
+    expect_error(&mut c, "rate_limited").await;
+
+    // Behind the trusted proxy, the forwarded client has its own budget;
+    // the leftmost (client-written) entry is not believed.
+    let mut d = ws_connect_with(
+        &gw.ws_url("/ws"),
+        &[("x-forwarded-for", "127.0.0.1, 203.0.113.7, 10.1.2.3")],
+    )
+    .await
+    .unwrap();
+    expect_frame(&mut d, "qrcode_url").await;
+    assert_eq!(fake.creates(), 3);
+
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_qr_rate_limited_total{reason="client_ip"}"#
+        ),
+        Some(2.0)
+    );
+
+    // Without --trusted-proxy, X-Forwarded-For is ignored.
+    let gw2 = Gw::start(&fake, &["--qr-mint-rate", "1"]).await;
+    let _e = Browser::open(&gw2, &fake).await;
+    let mut f = ws_connect_with(&gw2.ws_url("/"), &[("x-forwarded-for", "203.0.113.9")])
+        .await
+        .unwrap();
+    expect_error(&mut f, "rate_limited").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_failures_are_reported_and_retried() {
+    let fake = FakeWeChat::start().await;
+    fake.set_failing(true);
+    let gw = Gw::start(&fake, &[]).await;
+    let mut a = ws_connect(&gw).await;
+    let e = expect_error(&mut a, "wechat_unavailable").await;
+    assert!(e["message"].as_str().unwrap().contains("retrying"), "{e}");
+    // The gateway keeps running.
+    assert_eq!(http(gw.http, "GET", "/healthz").await.status, 200);
+    fake.set_failing(false);
+    // Retries after 1 s, 2 s, ...: a code arrives without the browser asking.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = tokio::time::timeout_at(deadline, next_json(&mut a))
+            .await
+            .expect("no code after WeChat recovered");
+        if v["message_type"] == "qrcode_url" {
+            break;
+        }
+        assert_eq!(v["error"], "wechat_unavailable", "{v}");
+    }
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert!(metric(&m, "ws_gateway_qr_failed_total").unwrap() >= 1.0);
+    assert_eq!(metric(&m, "ws_gateway_qr_minted_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_pongs_keep_others_open() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--idle-timeout-seconds", "2"]).await;
+    // `quiet` never reads, so it never answers the gateway's pings.
+    let mut quiet = ws_connect(&gw).await;
+    // `alive` keeps reading; the client library answers every ping.
+    let mut alive = ws_connect(&gw).await;
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, alive.next()).await {
+            if let Ok(Message::Ping(_)) = msg {
+                pings += 1;
+            }
+        }
+        (alive, pings)
+    });
+    let (mut alive, pings) = reader.await.unwrap();
+    assert!(pings >= 2, "expected a ping per second, got {pings}");
+    expect_nothing_pending(&mut alive).await;
+
+    // The quiet one was closed (normal close, reason says why).
+    expect_frame(&mut quiet, "qrcode_url").await;
+    assert_eq!(expect_close(&mut quiet).await, Some(CloseCode::Normal));
+    expect_end(&mut quiet).await;
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(&m, "ws_gateway_connections_idle_closed_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_the_upgrade_gets_503() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--max-connections", "2"]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let _b = Browser::open(&gw, &fake).await;
+    match ws_connect_with(&gw.ws_url("/ws"), &[]).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status(), 503),
+        Err(e) => panic!("expected HTTP 503, got {e}"),
+        Ok(_) => panic!("expected HTTP 503, got a connection"),
+    }
+    // Plain HTTP still works at the limit.
+    assert_eq!(http(gw.http, "GET", "/healthz").await.status, 200);
+    // A closed connection frees its place.
+    a.ws.close(None).await.unwrap();
+    expect_end(&mut a.ws).await;
+    let mut third = None;
+    let deadline = Instant::now() + WAIT;
+    while third.is_none() {
+        match ws_connect_with(&gw.ws_url("/ws"), &[]).await {
+            Ok(ws) => third = Some(ws),
+            Err(WsError::Http(resp)) if resp.status() == 503 => {
+                assert!(Instant::now() < deadline, "place never freed");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut third = third.unwrap();
+    expect_frame(&mut third, "qrcode_url").await;
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert!(metric(&m, "ws_gateway_connections_refused_total").unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_browsers_with_1001_and_exits_zero() {
+    let fake = FakeWeChat::start().await;
+    let mut gw = Gw::start(&fake, &[]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(bus.ask(&scan(a.fd, "Alice", None, None)).await, OK);
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+
+    let started = Instant::now();
+    gw.sigterm();
+    assert_eq!(expect_close(&mut a.ws).await, Some(CloseCode::Away));
+    // The bus connection is closed after what was read got its answer.
+    assert_eq!(bus.read_line().await, None);
+    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    assert!(status.success(), "exit {status}:\n{}", gw.stderr());
+    assert!(started.elapsed() < Duration::from_secs(7));
+    assert!(gw.stderr().contains("SIGTERM"), "{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_also_exits_zero() {
+    let fake = FakeWeChat::start().await;
+    let mut gw = Gw::start(&fake, &[]).await;
+    let _a = Browser::open(&gw, &fake).await;
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &gw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = gw.wait_exit(Duration::from_secs(8)).await;
+    assert!(status.success(), "exit {status}:\n{}", gw.stderr());
+}
+
+#[test]
+fn help_lists_every_flag_with_its_env_var() {
+    let (status, out, _) = run_to_end(&["--help"], &[]);
+    assert!(status.success());
+    for (flag, env) in [
+        ("--config", "SCAN_LOGIN_CONFIG"),
+        ("--listen", "SCAN_LOGIN_LISTEN"),
+        ("--notify-listen", "SCAN_LOGIN_NOTIFY_LISTEN"),
+        ("--app-id", "SCAN_LOGIN_APP_ID"),
+        ("--app-secret", "WECHAT_APP_SECRET"),
+        ("--wechat-api-base", "SCAN_LOGIN_WECHAT_API_BASE"),
+        ("--qrcode-image-base", "SCAN_LOGIN_QRCODE_IMAGE_BASE"),
+        ("--qr-expire-seconds", "SCAN_LOGIN_QR_EXPIRE_SECONDS"),
+        ("--idle-timeout-seconds", "SCAN_LOGIN_IDLE_TIMEOUT_SECONDS"),
+        ("--max-connections", "SCAN_LOGIN_MAX_CONNECTIONS"),
+        (
+            "--notify-require-ticket",
+            "SCAN_LOGIN_NOTIFY_REQUIRE_TICKET",
+        ),
+        ("--notify-secret", "NOTIFY_SECRET"),
+        ("--qr-mint-rate", "SCAN_LOGIN_QR_MINT_RATE"),
+        ("--trusted-proxy", "SCAN_LOGIN_TRUSTED_PROXY"),
+        ("--demo-sim-url", "SCAN_LOGIN_DEMO_SIM_URL"),
+        ("--check-config", "SCAN_LOGIN_CHECK_CONFIG"),
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+        assert!(out.contains(env), "--help lacks {env}:\n{out}");
+    }
+    for default in [
+        "127.0.0.1:1099",
+        "127.0.0.1:9999",
+        "https://api.weixin.qq.com",
+        "https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket=",
+    ] {
+        assert!(out.contains(default), "--help lacks default {default}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    let app_secret = "APPSECRET-7f3e9c5d";
+    let bus_secret = "NOTIFYSECRET-a1b2c3";
+    let fake = FakeWeChat::start().await;
+    let mut args = base_args(&fake);
+    // The app secret from the command line, the bus secret from env.
+    let i = args.iter().position(|a| a == "test-app-secret").unwrap();
+    args[i] = app_secret.to_string();
+    let mut gw = Gw::spawn(command(
+        &args,
+        &[("RUST_LOG", "debug"), ("NOTIFY_SECRET", bus_secret)],
+    ))
+    .await;
+    let mut a = Browser::open(&gw, &fake).await;
+    assert_eq!(fake.secrets(), [app_secret], "the app secret is used");
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(
+        bus.ask(&scan(a.fd, "a", None, Some("wrong-secret"))).await,
+        err("unauthorized")
+    );
+    assert_eq!(bus.ask(&scan(a.fd, "a", None, Some(bus_secret))).await, OK);
+    expect_frame(&mut a.ws, "scan_success").await;
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(8)).await.success());
+    let log = gw.stderr();
+    assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    for s in [app_secret, bus_secret, "wrong-secret"] {
+        assert!(!log.contains(s), "{s} leaked into the log:\n{log}");
+    }
+
+    let (status, out, errs) = run_to_end(
+        &args
+            .iter()
+            .map(String::as_str)
+            .chain(["--check-config"])
+            .collect::<Vec<_>>(),
+        &[("NOTIFY_SECRET", bus_secret)],
+    );
+    assert!(status.success(), "{errs}");
+    assert!(out.contains("notify_secret = \"<set>\""), "{out}");
+    assert!(
+        !out.contains(app_secret) && !out.contains(bus_secret),
+        "{out}"
+    );
+
+    // --help shows neither env values nor defaults that came from a file.
+    let dir = std::env::temp_dir().join(format!("ws-gateway-help-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret.toml");
+    std::fs::write(&file, format!("app_secret = \"{app_secret}\"\n")).unwrap();
+    let (status, out, _) = run_to_end(
+        &["--help"],
+        &[
+            ("SCAN_LOGIN_CONFIG", file.to_str().unwrap()),
+            ("NOTIFY_SECRET", bus_secret),
+        ],
+    );
+    assert!(status.success());
+    assert!(
+        !out.contains(app_secret) && !out.contains(bus_secret),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_layer_flag_over_env_over_file() {
+    let fake = FakeWeChat::start().await;
+    let dir = std::env::temp_dir().join(format!("ws-gateway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "app_id = \"wx-from-file\"\n\
+             wechat_api_base = \"{}\"\n\
+             qrcode_image_base = \"{IMAGE_BASE}\"\n\
+             listen = \"127.0.0.1:0\"\n\
+             notify_listen = \"127.0.0.1:0\"\n\
+             qr_expire_seconds = 77\n\
+             idle_timeout_seconds = 33\n\
+             qr_mint_rate = 5\n\
+             notify_require_ticket = true\n\
+             trusted_proxy = [\"10.0.0.0/8\", \"127.0.0.1\"]\n",
+            fake.base
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_string();
+
+    // --check-config prints the effective settings.
+    let env = [
+        ("SCAN_LOGIN_CONFIG", file.as_str()),
+        ("WECHAT_APP_SECRET", "s"),
+        ("SCAN_LOGIN_IDLE_TIMEOUT_SECONDS", "44"),
+        ("SCAN_LOGIN_QR_MINT_RATE", "6"),
+    ];
+    let (status, out, errs) = run_to_end(&["--check-config", "--qr-mint-rate", "7"], &env);
+    assert!(status.success(), "{errs}");
+    for want in [
+        "app_id = \"wx-from-file\"",
+        "qr_expire_seconds = 77",
+        "idle_timeout_seconds = 44",
+        "qr_mint_rate = 7",
+        "notify_require_ticket = true",
+        "trusted_proxy = \"10.0.0.0/8,127.0.0.1\"",
+        "app_secret = \"<set>\"",
+        "listen = \"127.0.0.1:0\"",
+    ] {
+        assert!(out.contains(want), "missing `{want}` in:\n{out}");
+    }
+
+    // The running binary uses them: expire from env over file, app id and
+    // require-ticket from the file.
+    let mut cmd = command(
+        &["--config".to_string(), file.clone()],
+        &[
+            ("WECHAT_APP_SECRET", "s"),
+            ("SCAN_LOGIN_QR_EXPIRE_SECONDS", "88"),
+        ],
+    );
+    cmd.arg("--idle-timeout-seconds").arg("30");
+    let gw = Gw::spawn(cmd).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    assert_eq!(a.code["expire_seconds"], 88);
+    assert_eq!(fake.appids(), ["wx-from-file"]);
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(
+        bus.ask(&scan(a.fd, "a", None, None)).await,
+        err("ticket_required")
+    );
+    assert_eq!(bus.ask(&scan(a.fd, "a", Some(&a.ticket), None)).await, OK);
+    expect_frame(&mut a.ws, "scan_success").await;
+
+    // Booleans in env: `false` beats the file's `true`.
+    let (status, out, _) = run_to_end(
+        &["--check-config"],
+        &[
+            ("SCAN_LOGIN_CONFIG", file.as_str()),
+            ("WECHAT_APP_SECRET", "s"),
+            ("SCAN_LOGIN_NOTIFY_REQUIRE_TICKET", "false"),
+        ],
+    );
+    assert!(status.success());
+    assert!(out.contains("notify_require_ticket = false"), "{out}");
+
+    // Mistakes stop the process with a reason.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "qr_expire_secs = 5\n").unwrap();
+    let (status, _, errs) = run_to_end(
+        &["--check-config", "--config", bad.to_str().unwrap()],
+        &[("WECHAT_APP_SECRET", "s")],
+    );
+    assert!(!status.success());
+    assert!(errs.contains("qr_expire_secs"), "{errs}");
+    std::fs::write(&bad, "app_id = \"wx\"\nqr_expire_seconds = 0\n").unwrap();
+    let (status, _, errs) = run_to_end(
+        &["--check-config", "--config", bad.to_str().unwrap()],
+        &[("WECHAT_APP_SECRET", "s")],
+    );
+    assert!(!status.success(), "{errs}");
+    let (status, _, errs) = run_to_end(&["--check-config"], &[("WECHAT_APP_SECRET", "s")]);
+    assert!(!status.success());
+    assert!(errs.contains("--app-id"), "{errs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_assets_health_and_metrics_are_served() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--demo-sim-url", "http://sim.test:9000"]).await;
+    let page = http(gw.http, "GET", "/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(!page.body.contains("__SIM_URL__"));
+    assert!(
+        page.body.contains("\"http://sim.test:9000\""),
+        "sim URL not in the page"
+    );
+    for path in ["/scan-login.js", "/scan-login.mjs"] {
+        let js = http(gw.http, "GET", path).await;
+        assert_eq!(js.status, 200, "{path}");
+        assert!(
+            js.header("content-type")
+                .unwrap()
+                .starts_with("text/javascript"),
+            "{path}"
+        );
+        assert!(!js.body.is_empty());
+    }
+    let health = http(gw.http, "GET", "/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    let m = http(gw.http, "GET", "/metrics").await;
+    assert_eq!(m.status, 200);
+    for name in [
+        "ws_gateway_connections_open",
+        "ws_gateway_qr_minted_total",
+        "ws_gateway_qr_minted_today",
+        "ws_gateway_qr_failed_total",
+        "ws_gateway_pushes_total",
+        "ws_gateway_wechat_api_seconds_bucket",
+    ] {
+        assert!(m.body.contains(name), "metrics lack {name}");
+    }
+    assert_eq!(http(gw.http, "GET", "/nope").await.status, 404);
+    assert_eq!(http(gw.http, "GET", "/ws").await.status, 426);
+    assert_eq!(http(gw.http, "POST", "/").await.status, 405);
+
+    // Without --demo-sim-url the placeholder becomes "".
+    let gw2 = Gw::start(&fake, &[]).await;
+    let page = http(gw2.http, "GET", "/").await;
+    assert!(!page.body.contains("__SIM_URL__"));
+    assert!(!page.body.contains("sim.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_commands_and_bad_frames() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    // The upgrade works on `/` as well as `/ws`.
+    let mut ws = ws_connect_with(&gw.ws_url("/"), &[]).await.unwrap();
+    expect_frame(&mut ws, "qrcode_url").await;
+    send_text(&mut ws, r#"{"cmd":"ping"}"#).await;
+    expect_frame(&mut ws, "pong").await;
+    send_text(&mut ws, "hello").await;
+    expect_error(&mut ws, "bad_command").await;
+    send_text(&mut ws, r#"{"cmd":"launch"}"#).await;
+    expect_error(&mut ws, "bad_command").await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    expect_error(&mut ws, "bad_frame").await;
+    // Still open.
+    expect_nothing_pending(&mut ws).await;
+    // A frame over the limit: bad_frame, then closed with 1009.
+    let big = "x".repeat(protocol::ws::MAX_CLIENT_FRAME_BYTES + 1);
+    send_text(&mut ws, &big).await;
+    expect_error(&mut ws, "bad_frame").await;
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Size));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_runs_in_process_and_stops_on_cancel() {
+    use clap::Parser;
+    let fake = FakeWeChat::start().await;
+    let args = base_args(&fake);
+    let config =
+        ws_gateway::Config::try_parse_from(std::iter::once("ws-gateway".to_string()).chain(args))
+            .unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let notify = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http_listener.local_addr().unwrap();
+    let shutdown = ws_gateway::CancellationToken::new();
+    let server = tokio::spawn(ws_gateway::run(
+        config,
+        ws_gateway::Listeners {
+            http: http_listener,
+            notify,
+        },
+        shutdown.clone(),
+    ));
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/ws"),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let v: Value = expect_frame(&mut ws, "qrcode_url").await;
+    assert!(v["url"].as_str().unwrap().starts_with(IMAGE_BASE));
+    shutdown.cancel();
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Away));
+    tokio::time::timeout(Duration::from_secs(8), server)
+        .await
+        .expect("run did not return")
+        .unwrap()
+        .unwrap();
+}
+
+/// Bus throughput over one connection with 64 lines in flight. A
+/// measurement, not a check: run it on a quiet machine with
+/// `cargo test -p ws-gateway --release --test gateway -- --ignored --nocapture bus_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run explicitly"]
+async fn bus_throughput() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const LINES: usize = 300_000;
+    const IN_FLIGHT: usize = 64;
+
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--qr-mint-rate", "0"]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+    // The browser reads everything pushed to it.
+    let reader = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Some(Ok(_)) = a.ws.next().await {
+            n += 1;
+        }
+        n
+    });
+    for (label, fd) in [
+        ("no such client", a.fd ^ 1),
+        ("to one reading browser", a.fd),
+    ] {
+        let stream = tokio::net::TcpStream::connect(gw.notify).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (r, mut w) = stream.into_split();
+        let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let line = format!("{}\n", scan(fd, "Alice", None, None));
+        let started = Instant::now();
+        let writer = {
+            let window = Arc::clone(&window);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                let mut sent = 0;
+                while sent < LINES {
+                    let permit = window.acquire().await.unwrap();
+                    let mut k = 1 + window.available_permits().min(LINES - sent - 1);
+                    permit.forget();
+                    if k > 1 {
+                        window.acquire_many((k - 1) as u32).await.unwrap().forget();
+                    }
+                    k = k.min(LINES - sent);
+                    batch.clear();
+                    for _ in 0..k {
+                        batch.extend_from_slice(line.as_bytes());
+                    }
+                    w.write_all(&batch).await.unwrap();
+                    sent += k;
+                }
+                w.shutdown().await.unwrap();
+            })
+        };
+        let mut answers = BufReader::new(r);
+        let mut got = 0;
+        let mut buf = String::new();
+        let mut busy = 0;
+        while got < LINES {
+            buf.clear();
+            if answers.read_line(&mut buf).await.unwrap() == 0 {
+                break;
+            }
+            if buf.contains("client_busy") {
+                busy += 1;
+            }
+            got += 1;
+            window.add_permits(1);
+        }
+        writer.await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(got, LINES);
+        eprintln!(
+            "bus {label}: {LINES} lines in {secs:.2} s = {:.0} lines/s ({busy} client_busy)",
+            LINES as f64 / secs
+        );
+    }
+    drop(gw);
+    let _ = reader.await;
+}

@@ -1,0 +1,646 @@
+//! Test helpers: a fake WeChat API, the real `ws-gateway` binary as a child
+//! process, and WebSocket / bus / HTTP clients over real sockets. Every
+//! wait is bounded.
+
+// Helpers panic on purpose: a failed step fails the test that called it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader as StdBufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use daemon_kit::http::{ServeOptions, json};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+/// The bound on every single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The QR image base the tests configure.
+pub const IMAGE_BASE: &str = "http://img.test/cgi-bin/showqrcode?ticket=";
+
+// ---------------------------------------------------------------------------
+// Fake WeChat API
+
+/// A stand-in for `api.weixin.qq.com`: `stable_token` and `qrcode/create`,
+/// tickets containing `+`, `/` and `=`, and a switch to fail on demand.
+pub struct FakeWeChat {
+    pub base: String,
+    state: Arc<FakeState>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct FakeState {
+    failing: AtomicBool,
+    counter: AtomicU64,
+    creates: AtomicUsize,
+    tickets: Mutex<HashMap<String, u32>>,
+    appids: Mutex<Vec<String>>,
+    secrets: Mutex<Vec<String>>,
+}
+
+impl FakeWeChat {
+    pub async fn start() -> FakeWeChat {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState::default());
+        let stop = CancellationToken::new();
+        let handler = {
+            let state = Arc::clone(&state);
+            move |req: hyper::Request<hyper::body::Incoming>, _peer: SocketAddr| {
+                let state = Arc::clone(&state);
+                async move { fake_answer(&state, req).await }
+            }
+        };
+        tokio::spawn(daemon_kit::http::serve(
+            listener,
+            ServeOptions::default(),
+            stop.clone(),
+            handler,
+        ));
+        FakeWeChat {
+            base: format!("http://{addr}"),
+            state,
+            stop,
+        }
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// The scene (fd) a ticket was minted for.
+    pub fn fd_of(&self, ticket: &str) -> u32 {
+        *self
+            .state
+            .tickets
+            .lock()
+            .unwrap()
+            .get(ticket)
+            .unwrap_or_else(|| panic!("unknown ticket {ticket}"))
+    }
+
+    /// How many `qrcode/create` calls arrived (failed ones included).
+    pub fn creates(&self) -> usize {
+        self.state.creates.load(Ordering::SeqCst)
+    }
+
+    pub fn appids(&self) -> Vec<String> {
+        self.state.appids.lock().unwrap().clone()
+    }
+
+    pub fn secrets(&self) -> Vec<String> {
+        self.state.secrets.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeWeChat {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn fake_answer(
+    state: &FakeState,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> daemon_kit::http::Response {
+    let path = req.uri().path().to_string();
+    let body: Bytes = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match path.as_str() {
+        "/cgi-bin/stable_token" => {
+            state
+                .appids
+                .lock()
+                .unwrap()
+                .push(body["appid"].as_str().unwrap_or("").to_string());
+            state
+                .secrets
+                .lock()
+                .unwrap()
+                .push(body["secret"].as_str().unwrap_or("").to_string());
+            json(
+                StatusCode::OK,
+                json!({"access_token": "fake-access-token", "expires_in": 7200}).to_string(),
+            )
+        }
+        "/cgi-bin/qrcode/create" => {
+            state.creates.fetch_add(1, Ordering::SeqCst);
+            if state.failing.load(Ordering::SeqCst) {
+                return json(
+                    StatusCode::OK,
+                    json!({"errcode": 45009, "errmsg": "reach max api daily quota limit"})
+                        .to_string(),
+                );
+            }
+            let scene = body["action_info"]["scene"]["scene_id"]
+                .as_u64()
+                .unwrap_or(0) as u32;
+            let expire = body["expire_seconds"].as_u64().unwrap_or(0);
+            let n = state.counter.fetch_add(1, Ordering::SeqCst);
+            let ticket = format!("gQ+{n}/{scene}==");
+            state.tickets.lock().unwrap().insert(ticket.clone(), scene);
+            json(
+                StatusCode::OK,
+                json!({
+                    "ticket": ticket,
+                    "expire_seconds": expire,
+                    "url": format!("http://weixin.qq.com/q/fake{n}"),
+                })
+                .to_string(),
+            )
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            json!({"errcode": 404, "errmsg": "no such api"}).to_string(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway process
+
+/// A running `ws-gateway` child process.
+pub struct Gw {
+    child: Child,
+    pub http: SocketAddr,
+    pub notify: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Arguments every test gateway gets before its own.
+pub fn base_args(fake: &FakeWeChat) -> Vec<String> {
+    [
+        "--listen",
+        "127.0.0.1:0",
+        "--notify-listen",
+        "127.0.0.1:0",
+        "--app-id",
+        "wxtestapp",
+        "--app-secret",
+        "test-app-secret",
+        "--wechat-api-base",
+        &fake.base,
+        "--qrcode-image-base",
+        IMAGE_BASE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-gateway"));
+    cmd.args(args)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !env.iter().any(|(k, _)| *k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "info");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Gw {
+    /// Starts the gateway with [`base_args`] plus `extra`.
+    pub async fn start(fake: &FakeWeChat, extra: &[&str]) -> Gw {
+        Gw::start_with(fake, extra, &[]).await
+    }
+
+    pub async fn start_with(fake: &FakeWeChat, extra: &[&str], env: &[(&str, &str)]) -> Gw {
+        let mut args = base_args(fake);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Gw::spawn(command(&args, env)).await
+    }
+
+    /// Spawns the command and waits (bounded) for its `listening` line.
+    pub async fn spawn(mut cmd: Command) -> Gw {
+        let mut child = cmd.spawn().expect("spawn ws-gateway");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in StdBufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addrs) = parse_listening(&line) {
+                    let _ = tx.send(addrs);
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok((http, notify)) = rx.try_recv() {
+                return Gw {
+                    child,
+                    http,
+                    notify,
+                    stderr,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "ws-gateway exited early with {status}:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ws-gateway did not log its addresses:\n{}",
+                stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.http, path)
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr thread catch up.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ws-gateway did not exit within {within:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `... listening http=A notify=B` → (A, B).
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("http=")?, field("notify=")?))
+}
+
+/// Runs the binary to completion (for `--help`, `--check-config`).
+pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = command(&args, env).output().expect("run ws-gateway");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Browser side
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket with extra request headers.
+pub async fn ws_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, WsError> {
+    let mut req = url.into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let authority = req.uri().authority().unwrap().as_str().to_string();
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(authority))
+        .await
+        .expect("TCP connect timed out")
+        .expect("TCP connect");
+    let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, tcp))
+        .await
+        .expect("WebSocket handshake timed out")?;
+    Ok(ws)
+}
+
+pub async fn ws_connect(gw: &Gw) -> Ws {
+    ws_connect_with(&gw.ws_url("/ws"), &[])
+        .await
+        .expect("WebSocket connect")
+}
+
+/// The next JSON text frame (pings and pongs skipped).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no frame in time")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// The next frame, which must be of `message_type`.
+pub async fn expect_frame(ws: &mut Ws, message_type: &str) -> Value {
+    let v = next_json(ws).await;
+    assert_eq!(v["message_type"], message_type, "{v}");
+    v
+}
+
+/// The next frame must be an `error` frame with `code`.
+pub async fn expect_error(ws: &mut Ws, code: &str) -> Value {
+    let v = expect_frame(ws, "error").await;
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].is_string(), "{v}");
+    v
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
+        .await
+        .expect("send timed out")
+        .expect("send");
+}
+
+/// Sends `{"cmd":"ping"}` and checks the very next frame is `pong` (so
+/// nothing else was queued for this browser before it).
+pub async fn expect_nothing_pending(ws: &mut Ws) {
+    send_text(ws, r#"{"cmd":"ping"}"#).await;
+    expect_frame(ws, "pong").await;
+}
+
+/// A browser connection with its first code.
+pub struct Browser {
+    pub ws: Ws,
+    pub code: Value,
+    pub ticket: String,
+    pub fd: u32,
+}
+
+impl Browser {
+    pub async fn open(gw: &Gw, fake: &FakeWeChat) -> Browser {
+        let mut ws = ws_connect(gw).await;
+        let code = expect_frame(&mut ws, "qrcode_url").await;
+        let ticket = ticket_of(&code);
+        let fd = fake.fd_of(&ticket);
+        Browser {
+            ws,
+            code,
+            ticket,
+            fd,
+        }
+    }
+}
+
+/// The ticket inside a `qrcode_url` frame's `url`.
+pub fn ticket_of(code: &Value) -> String {
+    let url = code["url"].as_str().expect("url");
+    let encoded = url
+        .strip_prefix(IMAGE_BASE)
+        .expect("url starts with the image base");
+    percent_decode(encoded)
+}
+
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Bus side
+
+/// One notify-bus connection.
+pub struct Bus {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Bus {
+    pub async fn connect(gw: &Gw) -> Bus {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(gw.notify))
+            .await
+            .expect("bus connect timed out")
+            .expect("bus connect");
+        let (r, w) = stream.into_split();
+        Bus {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(WAIT, self.writer.write_all(bytes))
+            .await
+            .expect("bus write timed out")
+            .expect("bus write");
+    }
+
+    /// The next answer line (without newline); `None` at EOF.
+    pub async fn read_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("bus answer timed out")
+            .expect("bus read");
+        if n == 0 {
+            return None;
+        }
+        Some(line.trim_end_matches('\n').to_string())
+    }
+
+    /// Sends one line and returns its answer.
+    pub async fn ask(&mut self, line: &str) -> String {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.write(&bytes).await;
+        self.read_line().await.expect("an answer, not EOF")
+    }
+
+    /// Half-closes (no more lines from us).
+    pub async fn finish(&mut self) {
+        self.writer.shutdown().await.expect("shutdown");
+    }
+
+    /// Reads to EOF; every remaining answer line.
+    pub async fn read_to_end(&mut self) -> Vec<String> {
+        let mut rest = String::new();
+        tokio::time::timeout(WAIT, self.reader.read_to_string(&mut rest))
+            .await
+            .expect("bus EOF timed out")
+            .expect("bus read");
+        rest.lines().map(str::to_string).collect()
+    }
+}
+
+/// The answer line for an error code.
+pub fn err(code: &str) -> String {
+    format!(r#"{{"ok":false,"error":"{code}"}}"#)
+}
+
+pub const OK: &str = r#"{"ok":true}"#;
+
+/// A scan request line.
+pub fn scan(fd: u32, nickname: &str, ticket: Option<&str>, secret: Option<&str>) -> String {
+    let mut v = json!({"type": "scan", "fd": fd, "nickname": nickname});
+    if let Some(t) = ticket {
+        v["ticket"] = t.into();
+    }
+    if let Some(s) = secret {
+        v["secret"] = s.into();
+    }
+    v.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Plain HTTP
+
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP answer timed out")
+        .expect("HTTP read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    HttpAnswer {
+        status,
+        headers: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// The value of a metric line `name value` (or `name{labels} value`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// Waits (bounded) until `check` holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
