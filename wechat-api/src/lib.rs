@@ -208,7 +208,10 @@ impl WeChatApi {
         if !status.is_success() {
             return Err(ApiError::Transport(format!("HTTP {status}")));
         }
-        if let Ok(e) = serde_json::from_slice::<ErrorFields>(&body)
+        // Success answers carry no errcode: parse the error shape only when
+        // the key is there, so a success is parsed once.
+        if body.windows(9).any(|w| w == b"\"errcode\"")
+            && let Ok(e) = serde_json::from_slice::<ErrorFields>(&body)
             && e.errcode != 0
         {
             return Err(ApiError::WeChat {

@@ -125,26 +125,19 @@ impl Store {
     pub async fn claim(&self, key: String) -> Result<Claim, StoreError> {
         self.with(move |c| {
             let now = now_secs();
-            let inserted = c.execute(
-                "INSERT INTO events(key, state, claimed_at) VALUES (?1, 0, ?2) ON CONFLICT(key) DO NOTHING",
-                params![key, now],
+            let inserted = c.prepare_cached("INSERT INTO events(key, state, claimed_at) VALUES (?1, 0, ?2) ON CONFLICT(key) DO NOTHING")?.execute(params![key, now],
             )?;
             if inserted == 1 {
                 return Ok(Claim::Claimed);
             }
             let row: Option<(i64, Option<String>, i64)> = c
-                .query_row(
-                    "SELECT state, reply, claimed_at FROM events WHERE key = ?1",
-                    params![key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                .prepare_cached("SELECT state, reply, claimed_at FROM events WHERE key = ?1")?
+                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             match row {
                 Some((1, reply, _)) => Ok(Claim::Done(reply)),
                 Some((_, _, claimed_at)) if now - claimed_at > STALE_CLAIM.as_secs() as i64 => {
-                    let took = c.execute(
-                        "UPDATE events SET claimed_at = ?2 WHERE key = ?1 AND state = 0 AND claimed_at = ?3",
-                        params![key, now, claimed_at],
+                    let took = c.prepare_cached("UPDATE events SET claimed_at = ?2 WHERE key = ?1 AND state = 0 AND claimed_at = ?3")?.execute(params![key, now, claimed_at],
                     )?;
                     Ok(if took == 1 { Claim::Claimed } else { Claim::Pending })
                 }
@@ -156,31 +149,13 @@ impl Store {
         .await
     }
 
-    /// Reads the state of an event someone else is handling.
-    pub async fn peek(&self, key: String) -> Result<Claim, StoreError> {
-        self.with(move |c| {
-            let row: Option<(i64, Option<String>)> = c
-                .query_row(
-                    "SELECT state, reply FROM events WHERE key = ?1",
-                    params![key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(match row {
-                Some((1, reply)) => Claim::Done(reply),
-                _ => Claim::Pending,
-            })
-        })
-        .await
-    }
-
     /// Marks an event handled with its reply, without counting a login.
     pub async fn finish(&self, key: String, reply: Option<String>) -> Result<(), StoreError> {
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1",
-                params![key, reply, now_secs()],
-            )?;
+            )?
+            .execute(params![key, reply, now_secs()])?;
             Ok(())
         })
         .await
@@ -201,8 +176,7 @@ impl Store {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_secs();
-            let count: i64 = tx.query_row(
-                "INSERT INTO users(openid, unionid, display_name, subscribed, first_login_at, last_login_at, login_count, updated_at)
+            let count: i64 = tx.prepare_cached("INSERT INTO users(openid, unionid, display_name, subscribed, first_login_at, last_login_at, login_count, updated_at)
                  VALUES (?1, ?2, ?3, 1, ?4, ?4, 1, ?4)
                  ON CONFLICT(openid) DO UPDATE SET
                     unionid = COALESCE(excluded.unionid, users.unionid),
@@ -212,14 +186,11 @@ impl Store {
                     last_login_at = excluded.last_login_at,
                     login_count = users.login_count + 1,
                     updated_at = excluded.updated_at
-                 RETURNING login_count",
-                params![user.openid, user.unionid, user.display_name, now],
+                 RETURNING login_count")?.query_row(params![user.openid, user.unionid, user.display_name, now],
                 |r| r.get(0),
             )?;
             let reply = render(count);
-            tx.execute(
-                "UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1",
-                params![key, reply, now],
+            tx.prepare_cached("UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1")?.execute(params![key, reply, now],
             )?;
             tx.commit()?;
             Ok((count, reply))
@@ -231,7 +202,7 @@ impl Store {
     /// counting a login.
     pub async fn touch_user(&self, user: UserRecord) -> Result<(), StoreError> {
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO users(openid, unionid, display_name, subscribed, updated_at)
                  VALUES (?1, ?2, ?3, 1, ?4)
                  ON CONFLICT(openid) DO UPDATE SET
@@ -239,8 +210,13 @@ impl Store {
                     display_name = excluded.display_name,
                     subscribed = 1,
                     updated_at = excluded.updated_at",
-                params![user.openid, user.unionid, user.display_name, now_secs()],
-            )?;
+            )?
+            .execute(params![
+                user.openid,
+                user.unionid,
+                user.display_name,
+                now_secs()
+            ])?;
             Ok(())
         })
         .await
@@ -250,11 +226,9 @@ impl Store {
     pub async fn unsubscribe(&self, openid: String) -> Result<(), StoreError> {
         self.with(move |c| {
             let now = now_secs();
-            c.execute(
-                "INSERT INTO users(openid, display_name, subscribed, unsubscribed_at, updated_at)
+            c.prepare_cached("INSERT INTO users(openid, display_name, subscribed, unsubscribed_at, updated_at)
                  VALUES (?1, '', 0, ?2, ?2)
-                 ON CONFLICT(openid) DO UPDATE SET subscribed = 0, unsubscribed_at = ?2, updated_at = ?2",
-                params![openid, now],
+                 ON CONFLICT(openid) DO UPDATE SET subscribed = 0, unsubscribed_at = ?2, updated_at = ?2")?.execute(params![openid, now],
             )?;
             Ok(())
         })
@@ -264,13 +238,12 @@ impl Store {
     /// A user's login count (0 if unknown).
     pub async fn login_count(&self, openid: String) -> Result<i64, StoreError> {
         self.with(move |c| {
-            Ok(c.query_row(
-                "SELECT login_count FROM users WHERE openid = ?1",
-                params![openid],
-                |r| r.get(0),
+            Ok(
+                c.prepare_cached("SELECT login_count FROM users WHERE openid = ?1")?
+                    .query_row(params![openid], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
             )
-            .optional()?
-            .unwrap_or(0))
         })
         .await
     }
@@ -279,14 +252,16 @@ impl Store {
     pub async fn prune(&self) -> Result<usize, StoreError> {
         self.with(|c| {
             let cutoff = now_secs() - EVENT_RETENTION.as_secs() as i64;
-            c.execute("DELETE FROM events WHERE claimed_at < ?1", params![cutoff])
+            c.prepare_cached("DELETE FROM events WHERE claimed_at < ?1")?
+                .execute(params![cutoff])
         })
         .await
     }
 
     /// A cheap query, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.with(|c| c.prepare_cached("SELECT 1")?.query_row([], |_| Ok(())))
+            .await
     }
 }
 

@@ -50,7 +50,7 @@ use crate::qr::{Backoff, MintFuture};
 /// tungstenite's read buffer (allocated up front per connection). Browser
 /// commands are a few dozen bytes; a bigger frame grows it on demand, up
 /// to [`MAX_CLIENT_FRAME_BYTES`].
-pub const READ_BUFFER_BYTES: usize = 256;
+pub const READ_BUFFER_BYTES: usize = 64;
 
 /// Most bytes queued for one browser when the socket does not take them
 /// (a frame is a few hundred bytes; a push with a long nickname or token a
