@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use e2e::Daemon;
 use e2e::process::temp_dir;
+use e2e::wechat::{percent_decode, percent_encode};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -170,7 +171,7 @@ impl Stack {
 
     /// The scene (fd) the simulator recorded for a ticket.
     pub async fn fd_of(&self, ticket: &str) -> u32 {
-        let url = format!("{}/sim/tickets/{}", self.sim_url, encode(ticket));
+        let url = format!("{}/sim/tickets/{}", self.sim_url, percent_encode(ticket));
         let v: Value = self
             .http
             .get(url)
@@ -205,39 +206,6 @@ impl Stack {
     }
 }
 
-/// Percent-encodes everything but unreserved characters.
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Percent-decodes.
-pub fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
 /// A browser's WebSocket.
 pub struct Browser {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -253,7 +221,7 @@ impl Browser {
             .rsplit_once("ticket=")
             .expect("ticket= in url")
             .1;
-        self.ticket = decode(encoded);
+        self.ticket = percent_decode(encoded);
     }
 
     /// The next JSON text frame (pings are answered by the library).

@@ -6,6 +6,24 @@ use protocol::wechat::reply::{encrypted_post, event_body};
 use protocol::wechat::signature::{msg_signature, signature};
 use protocol::wechat::xml::Fields;
 
+/// Percent-encodes everything but RFC 3986 unreserved characters, as the
+/// gateway encodes a ticket into the QR image URL.
+pub fn percent_encode(s: &str) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
+/// Percent-decodes (no `+` → space: tickets contain `+`).
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -102,4 +120,17 @@ pub fn open_encrypted_reply(
         d.appid,
         String::from_utf8(d.message).map_err(|e| e.to_string())?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_round_trip_through_percent_encoding() {
+        let t = "gQH47joAAAAAAAAAASxodHRw+Oi8/d2V==";
+        let e = percent_encode(t);
+        assert_eq!(e, "gQH47joAAAAAAAAAASxodHRw%2BOi8%2Fd2V%3D%3D");
+        assert_eq!(percent_decode(&e), t);
+    }
 }
