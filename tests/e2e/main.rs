@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deploy_units;
 mod docs;
 mod flows;
 mod stack;

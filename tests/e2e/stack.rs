@@ -206,6 +206,11 @@ impl Stack {
     }
 }
 
+/// The ticket inside a `qrcode_url` frame's image URL.
+pub fn percent_decode_ticket(image_url: &str) -> String {
+    percent_decode(image_url.rsplit_once("ticket=").expect("ticket= in url").1)
+}
+
 /// A browser's WebSocket.
 pub struct Browser {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
