@@ -22,6 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 step() { printf '\n=== %s\n' "$*"; }
+# Where cargo puts the debug binaries (CARGO_TARGET_DIR is honoured).
+bin_dir="$(cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd || echo "$PWD/target")/debug"
 
 step "cargo build (debug binaries for the tests)"
 cargo build --workspace --bins --locked
@@ -33,11 +35,11 @@ step "deploy/check.sh"
 bash deploy/check.sh
 
 step "browser test"
-SCAN_LOGIN_BIN_DIR="$PWD/target/debug" bash tests/browser/run.sh
+SCAN_LOGIN_BIN_DIR="$bin_dir" bash tests/browser/run.sh
 
 if [ -d bench ]; then
   step "benchmarks, tiny configuration (functional check only)"
-  cargo run --quiet --locked -p scan-bench -- all --tiny --runs 1 --bin-dir "$PWD/target/debug"
+  cargo run --quiet --locked -p scan-bench -- all --tiny --runs 1 --bin-dir "$bin_dir"
 fi
 echo
 echo "all tests passed"
