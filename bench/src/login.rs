@@ -179,64 +179,42 @@ async fn measure(
     }
     for &mode in &p.modes {
         let m = mode.name();
+        // Paced: the p99 latency has a target (plain mode). Saturated: the
+        // rate has one (plain mode).
+        let plain = mode == LoginMode::Plain;
+        let mut variants = Vec::new();
         if p.paced > 0 && p.rate > 0.0 {
-            let label = format!("login.{m}.paced_{}", p.rate);
-            for run in 0..env.runs {
-                tag += 1;
-                let r = login_run(
-                    stack,
-                    keys,
-                    mode,
-                    p.paced,
-                    Load::Paced(p.rate),
-                    tag,
-                    report,
-                    &label,
-                )
-                .await?;
-                print_run(&label, run, &r);
-                let p99_target = if mode == LoginMode::Plain {
-                    at_most(10.0)
-                } else {
-                    None
-                };
-                report.add(
-                    &format!("{label}.logins_per_s"),
-                    "logins/s",
-                    r.logins_per_s,
-                    None,
-                );
-                add_latency(report, &label, &r, p99_target);
-            }
+            let p99 = if plain { at_most(10.0) } else { None };
+            variants.push((
+                format!("login.{m}.paced_{}", p.rate),
+                p.paced,
+                Load::Paced(p.rate),
+                None,
+                p99,
+            ));
         }
         if p.saturated > 0 {
-            let label = format!("login.{m}.saturated_{}", p.concurrency);
+            let rate = if plain { at_least(5_000.0) } else { None };
+            variants.push((
+                format!("login.{m}.saturated_{}", p.concurrency),
+                p.saturated,
+                Load::Closed(p.concurrency),
+                rate,
+                None,
+            ));
+        }
+        for (label, count, load, rate_target, p99_target) in variants {
             for run in 0..env.runs {
                 tag += 1;
-                let r = login_run(
-                    stack,
-                    keys,
-                    mode,
-                    p.saturated,
-                    Load::Closed(p.concurrency),
-                    tag,
-                    report,
-                    &label,
-                )
-                .await?;
+                let r = login_run(stack, keys, mode, count, load, tag, report, &label).await?;
                 print_run(&label, run, &r);
-                let rate_target = if mode == LoginMode::Plain {
-                    at_least(5_000.0)
-                } else {
-                    None
-                };
                 report.add(
                     &format!("{label}.logins_per_s"),
                     "logins/s",
                     r.logins_per_s,
                     rate_target,
                 );
-                add_latency(report, &label, &r, None);
+                add_latency(report, &label, &r, p99_target);
             }
         }
     }
