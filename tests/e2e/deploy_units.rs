@@ -13,7 +13,7 @@ use e2e::Daemon;
 use e2e::process::{run_to_end, temp_dir};
 use e2e::wechat::{now, reply_content, scan_event, signed_query};
 
-use crate::stack::{AES_KEY, APPID, SECRET, TOKEN, percent_decode_ticket};
+use crate::stack::{AES_KEY, APPID, Browser, SECRET, TOKEN};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
@@ -140,12 +140,8 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
     let http = reqwest::Client::new();
     let openid = "oUnits00000000000000000Un01";
     for (i, (port, _)) in instances.iter().enumerate() {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{gw_port}/ws"))
-            .await
-            .unwrap();
-        let qr = next_json(&mut ws).await;
-        assert_eq!(qr["message_type"], "qrcode_url", "{qr}");
-        let ticket = percent_decode_ticket(qr["url"].as_str().unwrap());
+        let mut browser = Browser::connect(gw_port).await;
+        let ticket = browser.ticket.clone();
         let info: serde_json::Value = http
             .get(format!(
                 "{sim_url}/sim/tickets/{}",
@@ -177,12 +173,9 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
             reply,
             format!("WeChat user Un01, login successful! This is your {ordinal} login.")
         );
-        let ok = loop {
-            let f = next_json(&mut ws).await;
-            if f["message_type"] == "scan_success" {
-                break f;
-            }
-        };
+        let ok = browser
+            .wait_for("scan_success", Duration::from_secs(10))
+            .await;
         assert_eq!(ok["openid"], openid);
         assert!(
             ok["token"]
@@ -195,22 +188,4 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
         assert!(d.terminate().success());
     }
     assert!(gateway.terminate().success());
-}
-
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> serde_json::Value {
-    use futures_util::StreamExt;
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }

@@ -153,20 +153,7 @@ impl Stack {
 
     /// Opens a browser connection and waits for its first QR code.
     pub async fn browser(&self) -> Browser {
-        let url = format!("ws://127.0.0.1:{}/ws", self.gateway_port);
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let mut b = Browser {
-            ws,
-            ticket: String::new(),
-            image_url: String::new(),
-        };
-        let qr = b.next_frame(Duration::from_secs(10)).await;
-        assert_eq!(qr["message_type"], "qrcode_url", "{qr}");
-        b.take_qr(&qr);
-        b
+        Browser::connect(self.gateway_port).await
     }
 
     /// The scene (fd) the simulator recorded for a ticket.
@@ -219,14 +206,27 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Connects to the gateway on `port` and waits for the first QR code.
+    pub async fn connect(port: u16) -> Browser {
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut b = Browser {
+            ws,
+            ticket: String::new(),
+            image_url: String::new(),
+        };
+        let qr = b.next_frame(Duration::from_secs(10)).await;
+        assert_eq!(qr["message_type"], "qrcode_url", "{qr}");
+        b.take_qr(&qr);
+        b
+    }
+
     fn take_qr(&mut self, qr: &Value) {
         self.image_url = qr["url"].as_str().unwrap().to_string();
-        let encoded = self
-            .image_url
-            .rsplit_once("ticket=")
-            .expect("ticket= in url")
-            .1;
-        self.ticket = percent_decode(encoded);
+        self.ticket = percent_decode_ticket(&self.image_url);
     }
 
     /// The next JSON text frame (pings are answered by the library).
