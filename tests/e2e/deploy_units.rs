@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use e2e::Daemon;
 use e2e::process::{run_to_end, temp_dir};
-use e2e::wechat::{now, reply_content, scan_event, signed_query};
+use e2e::wechat::{now, post_signed, reply_content, scan_event};
 
 use crate::stack::{AES_KEY, APPID, Browser, SECRET, TOKEN};
 
@@ -155,18 +155,7 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
             .unwrap();
         let fd = info["scene_id"].as_u64().unwrap() as u32;
         let body = scan_event(openid, fd, &ticket, i > 0, now() + i as i64);
-        let raw = http
-            .post(format!(
-                "http://127.0.0.1:{port}/wechat?{}",
-                signed_query(TOKEN, now())
-            ))
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let raw = post_signed(&http, &format!("http://127.0.0.1:{port}"), TOKEN, body).await;
         let reply = reply_content(&raw).unwrap_or(raw);
         let ordinal = if i == 0 { "1st" } else { "2nd" };
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::wechat::{now, reply_content, scan_event, signed_query};
+use e2e::wechat::{now, post_signed, reply_content, scan_event};
 use serde_json::Value;
 
 use crate::stack::{AES_KEY, JWT_SECRET, Options, SECRET, Stack, TOKEN};
@@ -185,19 +185,13 @@ async fn two_callback_instances_share_the_database() {
     let mut second = stack.browser().await;
     let fd = stack.fd_of(&second.ticket).await;
     let body = scan_event(openid, fd, &second.ticket, true, now());
-    let raw = stack
-        .http
-        .post(format!(
-            "http://127.0.0.1:{port}/wechat?{}",
-            signed_query(TOKEN, now())
-        ))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = post_signed(
+        &stack.http,
+        &format!("http://127.0.0.1:{port}"),
+        TOKEN,
+        body,
+    )
+    .await;
     assert!(
         reply_content(&raw).unwrap().ends_with("2nd login."),
         "{raw}"

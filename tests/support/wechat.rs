@@ -42,6 +42,19 @@ pub fn signed_query(token: &str, timestamp: i64) -> String {
     )
 }
 
+/// POSTs `body` to `{base}/wechat` signed with `token` as WeChat signs it;
+/// returns the raw answer body.
+pub async fn post_signed(http: &reqwest::Client, base: &str, token: &str, body: String) -> String {
+    http.post(format!("{base}/wechat?{}", signed_query(token, now())))
+        .body(body)
+        .send()
+        .await
+        .expect("callback reachable")
+        .text()
+        .await
+        .expect("answer body")
+}
+
 /// A QR login event: `subscribe` (`qrscene_<fd>`) for a new user, `SCAN`
 /// (`<fd>`) for a follower.
 pub fn scan_event(
