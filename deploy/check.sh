@@ -265,8 +265,8 @@ ok "2nd run changes nothing; 3rd run keeps the edited gateway.toml and writes ga
 step "example configs"
 python3 -c 'import tomllib' 2>/dev/null || fail "python3 >= 3.11 (tomllib) is needed to check the example configs"
 newest_binary() { # newest_binary NAME: the most recently built one, if any
-    local f best=
-    for f in target/debug/$1 target/release/$1; do
+    local f best= t=${CARGO_TARGET_DIR:-target}
+    for f in "$t/debug/$1" "$t/release/$1"; do
         [ -x "$f" ] || continue
         if [ -z "$best" ] || [ "$f" -nt "$best" ]; then best=$f; fi
     done
@@ -278,6 +278,9 @@ for pair in gateway:ws-gateway callback:wechat-callback; do
     help=
     [ -n "$exe" ] && help=$(timeout 10 "$exe" --help 2>/dev/null || true)
     grep -q -- '--config' <<<"$help" || help=
+    if [ -z "$help" ] && [ "${CI:-}" = true ]; then
+        fail "no built $bin --help to check deploy/config/$c.toml against (looked in ${CARGO_TARGET_DIR:-target}/{debug,release})"
+    fi
     HELP=$help python3 - "$here/config/$c.toml" "$bin" <<'PY' || fail "deploy/config/$c.toml (see above)"
 import os, re, sys, tomllib
 
@@ -312,7 +315,8 @@ help_text = os.environ.get("HELP", "")
 if help_text:
     # clap's --help: "      --foo-bar <FOO_BAR>\n          text [env: X=] [default: v]"
     flags = {}
-    for m in re.finditer(r"^\s+(?:-\w, )?--([a-z0-9-]+)[^\n]*\n((?:\s{8,}[^\n]*\n?)*)", help_text, re.M):
+    # (one line per flag when clap fits it, or the text on following lines)
+    for m in re.finditer(r"^\s+(?:-\w, )?--([a-z0-9-]+)([^\n]*\n?(?:\s{8,}[^\n]*\n?)*)", help_text, re.M):
         d = re.search(r"\[default: (.*?)\]\s*$", m.group(2).strip())
         flags[m.group(1).replace("-", "_")] = d.group(1) if d else None
     ignored = {"config", "check_config", "help", "version"} | secrets
