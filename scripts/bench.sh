@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
-exec target/release/scan-bench all "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/scan-bench" all "$@"
