@@ -1,5 +1,5 @@
 //! The registry: `fd` → browser connection (its wake-up handle, its push
-//! queue, its current QR ticket and whether that ticket is spent), shared
+//! queue, its current QR ticket's digest and whether it is spent), shared
 //! by every WebSocket task and every bus connection.
 //!
 //! **Layout.** [`SHARDS`] shards, each a `std::sync::Mutex<HashMap>`
@@ -11,7 +11,7 @@
 //! succeeds also writes (it spends a ticket or queues a push).
 //!
 //! **Push queue.** Each connection's pending pushes live in its map entry
-//! (a `VecDeque`, allocated only while something is pending) and the
+//! (a `Vec`, allocated only while something is pending) and the
 //! connection task is woken through a `tokio::sync::Notify`. At most
 //! [`PUSH_QUEUE_CAPACITY`] pushes wait; past that the bus gets
 //! `client_busy` and nothing is buffered (slow consumers are refused, not
@@ -23,13 +23,15 @@
 //! never reach a different browser. [`Registry::sweep`] drops dead
 //! tombstones.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::bus::BusError;
 use protocol::ws::ServerFrame;
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 /// Number of shards (a power of two).
@@ -56,30 +58,44 @@ const MAX_DRAWS: usize = 64;
 /// The fd → connection map.
 pub struct Registry {
     shards: Box<[Shard]>,
+    /// Tombstone times are milliseconds since this instant.
+    epoch: Instant,
 }
 
 #[repr(align(64))]
 struct Shard(Mutex<HashMap<u32, Slot, BuildHasherDefault<FdHasher>>>);
 
-/// A live entry is boxed so a tombstone costs a small map slot (about
-/// 32 bytes) rather than a whole entry's: after heavy churn the map holds
-/// up to one tombstone per connection closed in the last expiry period.
+/// A live entry is boxed so a tombstone costs a small map slot (a
+/// 24-byte bucket with its key) rather than a whole entry's: after heavy
+/// churn the map holds up to one tombstone per connection closed in the
+/// last expiry period.
 enum Slot {
     Live(Box<Entry>),
-    /// A closed connection's fd, reserved until `until`.
+    /// A closed connection's fd, reserved until `until_ms` (milliseconds
+    /// since the registry's epoch, rounded up).
     Tombstone {
-        until: Instant,
+        until_ms: u64,
     },
 }
 
 struct Entry {
     wake: Arc<Notify>,
-    ticket: Option<Box<str>>,
+    /// The current code's ticket, as its SHA-1: a ticket is ~100 bytes of
+    /// text that would be a second allocation per idle connection, and
+    /// the registry only ever compares it.
+    ticket: Option<TicketDigest>,
     spent: bool,
     /// When the last code minted for this fd can no longer be scanned
     /// (plus [`TOMBSTONE_GRACE`]).
     reserved_until: Option<Instant>,
-    queue: VecDeque<ServerFrame>,
+    queue: Vec<ServerFrame>,
+}
+
+/// What the registry keeps of a ticket.
+type TicketDigest = [u8; 20];
+
+fn digest(ticket: &str) -> TicketDigest {
+    Sha1::digest(ticket.as_bytes()).into()
 }
 
 /// Sizes reported by [`Registry::sweep`].
@@ -99,7 +115,21 @@ impl Registry {
     pub fn new() -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Shard(Mutex::default())).collect(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// A reservation's end as milliseconds since the epoch, rounded up,
+    /// so that with [`Registry::now_ms`] (rounded down) it never ends
+    /// early (at most 1 ms late).
+    fn until_ms(&self, until: Instant) -> u64 {
+        let d = until.saturating_duration_since(self.epoch);
+        u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.epoch);
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn shard(&self, fd: u32) -> MutexGuard<'_, HashMap<u32, Slot, BuildHasherDefault<FdHasher>>> {
@@ -133,7 +163,7 @@ impl Registry {
             let free = match shard.get(&fd) {
                 None => true,
                 Some(Slot::Live(_)) => false,
-                Some(Slot::Tombstone { until }) => *until <= now,
+                Some(Slot::Tombstone { until_ms }) => *until_ms <= self.now_ms(now),
             };
             if free {
                 shard.insert(
@@ -143,7 +173,7 @@ impl Registry {
                         ticket: None,
                         spent: false,
                         reserved_until: None,
-                        queue: VecDeque::new(),
+                        queue: Vec::new(),
                     })),
                 );
                 return Some(fd);
@@ -157,7 +187,7 @@ impl Registry {
     /// `scannable_until` + [`TOMBSTONE_GRACE`].
     pub fn set_code(&self, fd: u32, ticket: &str, scannable_until: Instant) {
         if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
-            e.ticket = Some(ticket.into());
+            e.ticket = Some(digest(ticket));
             e.spent = false;
             let until = scannable_until + TOMBSTONE_GRACE;
             e.reserved_until = Some(e.reserved_until.map_or(until, |u| u.max(until)));
@@ -165,10 +195,10 @@ impl Registry {
     }
 
     /// Takes every push waiting for `fd`.
-    pub fn take_pushes(&self, fd: u32) -> VecDeque<ServerFrame> {
+    pub fn take_pushes(&self, fd: u32) -> Vec<ServerFrame> {
         match self.shard(fd).get_mut(&fd) {
             Some(Slot::Live(e)) => std::mem::take(&mut e.queue),
-            _ => VecDeque::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -183,7 +213,10 @@ impl Registry {
             return Err(BusError::NoSuchClient);
         };
         if let Some(t) = ticket
-            && (e.spent || e.ticket.as_deref() != Some(t))
+            && (e.spent
+                || !e
+                    .ticket
+                    .is_some_and(|current| bool::from(current.ct_eq(&digest(t)))))
         {
             return Err(BusError::TicketMismatch);
         }
@@ -193,7 +226,7 @@ impl Registry {
         if ticket.is_some() {
             e.spent = true;
         }
-        e.queue.push_back(frame);
+        e.queue.push(frame);
         e.wake.notify_one();
         Ok(())
     }
@@ -201,15 +234,16 @@ impl Registry {
     /// Unregisters `fd`: it becomes a tombstone while its last code can
     /// still be scanned, else it is freed. Returns pushes that were still
     /// waiting.
-    pub fn remove(&self, fd: u32, now: Instant) -> VecDeque<ServerFrame> {
+    pub fn remove(&self, fd: u32, now: Instant) -> Vec<ServerFrame> {
         let mut shard = self.shard(fd);
         let Some(Slot::Live(e)) = shard.remove(&fd) else {
-            return VecDeque::new();
+            return Vec::new();
         };
         if let Some(until) = e.reserved_until
             && until > now
         {
-            shard.insert(fd, Slot::Tombstone { until });
+            let until_ms = self.until_ms(until);
+            shard.insert(fd, Slot::Tombstone { until_ms });
         }
         e.queue
     }
@@ -230,11 +264,12 @@ impl Registry {
     /// Drops tombstones whose time is up and gives back spare map capacity.
     pub fn sweep(&self, now: Instant) -> Counts {
         let mut counts = Counts::default();
+        let now_ms = self.now_ms(now);
         for shard in self.shards.iter() {
             let mut map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, slot| match slot {
                 Slot::Live(_) => true,
-                Slot::Tombstone { until } => *until > now,
+                Slot::Tombstone { until_ms } => *until_ms > now_ms,
             });
             if map.capacity() > 64 && map.len() < map.capacity() / 4 {
                 map.shrink_to_fit();
@@ -326,7 +361,12 @@ mod tests {
             }
         );
         assert_eq!(r.register_with(wake.clone(), now, seq(&[9, 11])), Some(11));
-        let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE;
+        let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE + Duration::from_millis(1);
+        assert_eq!(
+            r.register_with(wake.clone(), later - Duration::from_millis(2), seq(&[9])),
+            None,
+            "not a moment early"
+        );
         assert_eq!(r.register_with(wake.clone(), later, seq(&[9])), Some(9));
         // 7 never had a code: freed at once.
         r.remove(7, now);
@@ -351,9 +391,9 @@ mod tests {
 
     #[test]
     fn a_tombstone_is_a_small_map_slot() {
-        // Live entries are boxed; a slot is an Instant plus a tag.
+        // Live entries are boxed; a slot is a u64 plus a tag.
         assert!(
-            std::mem::size_of::<Slot>() <= 24,
+            std::mem::size_of::<Slot>() <= 16,
             "{}",
             std::mem::size_of::<Slot>()
         );
@@ -368,7 +408,16 @@ mod tests {
         r.set_code(fd, "t", now);
         r.remove(fd, now);
         assert_eq!(r.sweep(now).tombstones, 1);
-        assert_eq!(r.sweep(now + TOMBSTONE_GRACE).tombstones, 0);
+        assert_eq!(
+            r.sweep(now + TOMBSTONE_GRACE - Duration::from_millis(1))
+                .tombstones,
+            1
+        );
+        assert_eq!(
+            r.sweep(now + TOMBSTONE_GRACE + Duration::from_millis(1))
+                .tombstones,
+            0
+        );
         assert_eq!(r.push(fd, None, scan("a")), Err(BusError::NoSuchClient));
     }
 

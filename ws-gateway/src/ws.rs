@@ -3,22 +3,26 @@
 //! the registry), its QR mint in flight, and one timer for pings, idling,
 //! code expiry and mint retries. No other task or channel per connection.
 //!
-//! Memory per idle connection is kept small on purpose (about 2.2 KiB of
-//! RSS measured with 5,000 idle connections, release build): tungstenite's
-//! read buffer is [`READ_BUFFER_BYTES`] instead of 128 KiB, writes go
-//! straight to the socket (no 128 KiB write buffer), the TcpStream is taken
-//! back out of hyper's boxed upgrade, the mint future is boxed only while a
-//! mint runs, event handling runs in a short-lived boxed future so the idle
-//! task stays under 1 KiB, shutdown reaches the task through the same
-//! `Notify` as pushes, and the registry entry holds only the ticket and that
-//! wake handle.
+//! Memory per idle connection is kept small on purpose (about 2.0 KB of
+//! RSS per connection at 19,000 idle connections, release build; see
+//! BENCHMARKS.md): tungstenite's read buffer is [`READ_BUFFER_BYTES`]
+//! instead of 128 KiB; frames are written straight to the socket
+//! ([`Conn::send`]), so tungstenite's write buffer never holds the
+//! capacity of the largest frame sent; the TcpStream is taken back out of
+//! hyper's boxed upgrade; the upgrade, the mint future and event handling
+//! are boxed only while they run, and no tracing span wraps the task, so
+//! the task fits tokio's 896-byte cell (a test keeps it there); shutdown
+//! reaches the task through the same `Notify` as pushes; and the registry
+//! entry holds only a digest of the ticket and that wake handle.
 //!
 //! Slow consumers: a write that cannot complete within [`WRITE_TIMEOUT`]
 //! closes the connection; pushes beyond the registry's small queue are
 //! refused to the bus with `client_busy` rather than buffered.
 
 use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,14 +38,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use protocol::ws::{ClientCommand, MAX_CLIENT_FRAME_BYTES, ServerFrame, WsErrorCode};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tracing::{Instrument, debug, field};
+use tracing::debug;
 use wechat_api::{ApiError, QrCode};
 
 use crate::Gateway;
@@ -130,9 +136,12 @@ pub(crate) fn accept(gw: Arc<Gateway>, mut req: Request<Incoming>, peer: SocketA
     let on_upgrade = hyper::upgrade::on(&mut req);
     drop(req);
 
-    let span = tracing::debug_span!("ws", %peer, %ip, fd = field::Empty);
-    gw.ws_tasks
-        .spawn(connection(Arc::clone(&gw), on_upgrade, ip, permit).instrument(span));
+    // No tracing span per task: it would add 40 bytes to every idle
+    // connection; the debug lines carry the fd instead.
+    // The upgrade and registration are boxed up front, so the long-lived
+    // task holds one pointer instead of their arguments.
+    let opening = Box::pin(open(Arc::clone(&gw), on_upgrade, peer, ip, permit));
+    gw.ws_tasks.spawn(connection(opening));
 
     let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -145,29 +154,32 @@ pub(crate) fn accept(gw: Arc<Gateway>, mut req: Request<Incoming>, peer: SocketA
 
 /// The connection task: the upgrade and registration (boxed, so their
 /// state does not stay in the long-lived task), then the event loop.
-async fn connection(
-    gw: Arc<Gateway>,
-    on_upgrade: OnUpgrade,
-    ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Some(mut conn) = Box::pin(open(gw, on_upgrade, ip)).await else {
+async fn connection(opening: Pin<Box<impl Future<Output = Option<Conn>>>>) {
+    let Some(mut conn) = opening.await else {
         return;
     };
-    match conn.run().await {
-        End::Failed(e) => debug!(cause = %e, "browser connection failed"),
-        end => debug!(?end, "browser connection closed"),
+    let end = conn.run().await;
+    let fd = conn.fd;
+    match end {
+        End::Failed(e) => debug!(fd, cause = %e, "browser connection failed"),
+        end => debug!(fd, ?end, "browser connection closed"),
     }
 }
 
 /// Completes the upgrade and registers the connection under a fresh fd.
-async fn open(gw: Arc<Gateway>, on_upgrade: OnUpgrade, ip: IpAddr) -> Option<Conn> {
+async fn open(
+    gw: Arc<Gateway>,
+    on_upgrade: OnUpgrade,
+    peer: SocketAddr,
+    ip: IpAddr,
+    permit: OwnedSemaphorePermit,
+) -> Option<Conn> {
     let upgraded = tokio::select! {
         _ = gw.shutdown.cancelled() => return None,
         u = on_upgrade => match u {
             Ok(u) => u,
             Err(e) => {
-                debug!(cause = %e, "upgrade failed");
+                debug!(%peer, cause = %e, "upgrade failed");
                 return None;
             }
         },
@@ -211,21 +223,18 @@ async fn open(gw: Arc<Gateway>, on_upgrade: OnUpgrade, ip: IpAddr) -> Option<Con
     };
     gw.metrics.ws_open.inc();
     gw.metrics.ws_accepted.inc();
-    tracing::Span::current().record("fd", fd);
-    debug!("browser connected");
+    debug!(fd, %peer, %ip, "browser connected");
 
-    let idle_timeout = gw.settings.idle_timeout;
-    let ping_every = (idle_timeout / 2).max(Duration::from_millis(100));
+    let next_ping = now + ping_every(&gw);
     Some(Conn {
         gw,
         ws,
         fd,
         ip,
         wake,
-        idle_timeout,
-        ping_every,
         last_activity: now,
-        next_ping: now + ping_every,
+        next_ping,
+        _permit: permit,
         code_expires: None,
         last_minted: None,
         mint: None,
@@ -262,8 +271,6 @@ struct Conn {
     fd: u32,
     ip: IpAddr,
     wake: Arc<Notify>,
-    idle_timeout: Duration,
-    ping_every: Duration,
     last_activity: Instant,
     next_ping: Instant,
     /// When the code on screen expires; `None` once `qrcode_expired` went
@@ -274,6 +281,14 @@ struct Conn {
     /// When to try minting again after WeChat failed.
     retry_at: Option<Instant>,
     backoff: Backoff,
+    /// A place under `--max-connections`, given back when the task ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// How often the server pings: half the idle timeout (at least 100 ms), so
+/// a live browser's pong always arrives in time.
+fn ping_every(gw: &Gateway) -> Duration {
+    (gw.settings.idle_timeout / 2).max(Duration::from_millis(100))
 }
 
 /// However the task ends, the fd leaves the registry (as a tombstone while
@@ -348,7 +363,7 @@ impl Conn {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut d = (self.last_activity + self.idle_timeout).min(self.next_ping);
+        let mut d = (self.last_activity + self.gw.settings.idle_timeout).min(self.next_ping);
         if let Some(t) = self.code_expires {
             d = d.min(t);
         }
@@ -358,17 +373,44 @@ impl Conn {
         d
     }
 
-    async fn send(&mut self, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(msg)).await {
+    /// Writes one frame straight to the socket. tungstenite formats it,
+    /// but it does not go through tungstenite's write buffer: that buffer
+    /// keeps the capacity of the largest frame ever sent (the ~260-byte
+    /// `qrcode_url`) for the connection's whole life, which is a tenth of
+    /// an idle connection's memory. Whatever tungstenite queued itself (a
+    /// pong, a close) is flushed first, so frames never interleave, and
+    /// after a close from the browser the flush fails as a send would.
+    async fn send(&mut self, frame: Frame) -> Result<(), End> {
+        let mut bytes = Vec::with_capacity(frame.len());
+        frame.format(&mut bytes).map_err(End::Failed)?;
+        let ws = &mut self.ws;
+        let write = async {
+            ws.flush().await?;
+            ws.get_mut().write_all(&bytes).await.map_err(WsError::Io)
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => Err(End::Closed),
+            Ok(Err(WsError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err(End::Closed)
+            }
             Ok(Err(e)) => Err(End::Failed(e)),
             Err(_) => Err(End::Stalled),
         }
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.send(Message::text(frame.to_json())).await
+        self.send(Frame::message(
+            frame.to_json(),
+            OpCode::Data(Data::Text),
+            true,
+        ))
+        .await
     }
 
     async fn send_error(&mut self, code: WsErrorCode, message: String) -> Result<(), End> {
@@ -398,7 +440,7 @@ impl Conn {
         for frame in pushes {
             self.gw.metrics.pushes.inc();
             self.send_frame(&frame).await?;
-            debug!("scan_success pushed");
+            debug!(fd = self.fd, "scan_success pushed");
         }
         Ok(())
     }
@@ -491,7 +533,7 @@ impl Conn {
                 return Err(End::Closed);
             }
             Some(Err(WsError::Capacity(e))) => {
-                debug!(cause = %e, "frame too large");
+                debug!(fd = self.fd, cause = %e, "frame too large");
                 let _ = self
                     .send_error(
                         WsErrorCode::BadFrame,
@@ -530,7 +572,7 @@ impl Conn {
     }
 
     async fn on_timer(&mut self, now: Instant) -> Result<(), End> {
-        if now >= self.last_activity + self.idle_timeout {
+        if now >= self.last_activity + self.gw.settings.idle_timeout {
             self.gw.metrics.ws_idle_closed.inc();
             self.close(CloseCode::Normal, "idle timeout").await;
             return Err(End::Idle);
@@ -545,8 +587,8 @@ impl Conn {
             self.send_frame(&ServerFrame::QrcodeExpired).await?;
         }
         if now >= self.next_ping {
-            self.next_ping = now + self.ping_every;
-            self.send(Message::Ping(Bytes::new())).await?;
+            self.next_ping = now + ping_every(&self.gw);
+            self.send(Frame::ping(Bytes::new())).await?;
         }
         Ok(())
     }
@@ -558,7 +600,12 @@ mod tests {
 
     /// Every idle browser connection is one task holding this future, so
     /// its size is most of the per-connection memory; handling code is
-    /// boxed so it stays small. (848 bytes with Rust 1.95.)
+    /// boxed so it stays small. tokio allocates a task as a 128-byte
+    /// aligned cell with ~104 bytes of its own beside the future, so a
+    /// future (with the task tracker's token) of up to 792 bytes gets an
+    /// 896-byte cell, one byte more a 1,024-byte cell: 128 bytes more for
+    /// every idle connection. (784 bytes in release, 792 in debug, with
+    /// Rust 1.95 and tokio 1.54.)
     #[test]
     fn the_idle_connection_task_stays_small() {
         let cfg = <crate::Config as clap::Parser>::try_parse_from([
@@ -593,9 +640,17 @@ mod tests {
         let mut req = hyper::Request::new(());
         let on_upgrade = hyper::upgrade::on(&mut req);
         let permit = gw.ws_permits.clone().try_acquire_owned().unwrap();
-        let task = connection(gw, on_upgrade, "127.0.0.1".parse().unwrap(), permit);
+        let tasks = gw.ws_tasks.clone();
+        let opening = Box::pin(open(
+            gw,
+            on_upgrade,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            permit,
+        ));
+        let task = tasks.track_future(connection(opening));
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1024, "connection task future is {size} bytes");
+        assert!(size <= 792, "connection task future is {size} bytes");
     }
 
     #[test]
