@@ -1,4 +1,4 @@
-//! The registry: `fd` → browser connection (its wake-up handle, its push
+//! The registry: `fd` → browser connection (its task's waker, its push
 //! queue, its current QR ticket's digest and whether it is spent), shared
 //! by every WebSocket task and every bus connection.
 //!
@@ -12,7 +12,8 @@
 //!
 //! **Push queue.** Each connection's pending pushes live in its map entry
 //! (a `Vec`, allocated only while something is pending) and the
-//! connection task is woken through a `tokio::sync::Notify`. At most
+//! connection task is woken through the waker it left there
+//! ([`Registry::poll_wake`]; no `Notify` allocation per connection). At most
 //! [`PUSH_QUEUE_CAPACITY`] pushes wait; past that the bus gets
 //! `client_busy` and nothing is buffered (slow consumers are refused, not
 //! buffered, and the WebSocket task closes a socket whose writes stall).
@@ -25,14 +26,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::bus::BusError;
 use protocol::ws::ServerFrame;
 use sha1::{Digest, Sha1};
+use std::task::{Context, Poll, Waker};
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
@@ -79,7 +80,11 @@ enum Slot {
 }
 
 struct Entry {
-    wake: Arc<Notify>,
+    /// The connection task's waker, stored by [`Registry::poll_wake`]
+    /// while the task waits (no separate `Arc<Notify>` per connection).
+    waker: Option<Waker>,
+    /// Set by [`Registry::wake_all`]: wake the task even with no push.
+    kicked: bool,
     /// The current code's ticket, as its SHA-1: a ticket is ~100 bytes of
     /// text that would be a second allocation per idle connection, and
     /// the registry only ever compares it.
@@ -143,17 +148,12 @@ impl Registry {
 
     /// Draws a random fd in `1..=MAX_FD` that is neither in use nor
     /// reserved and registers a connection under it. `None` only if no free fd was found.
-    pub fn register(&self, wake: Arc<Notify>, now: Instant) -> Option<u32> {
-        self.register_with(wake, now, || rand::random::<u32>() & MAX_FD)
+    pub fn register(&self, now: Instant) -> Option<u32> {
+        self.register_with(now, || rand::random::<u32>() & MAX_FD)
     }
 
     /// [`Registry::register`] with a given source of candidate fds.
-    pub fn register_with(
-        &self,
-        wake: Arc<Notify>,
-        now: Instant,
-        mut draw: impl FnMut() -> u32,
-    ) -> Option<u32> {
+    pub fn register_with(&self, now: Instant, mut draw: impl FnMut() -> u32) -> Option<u32> {
         for _ in 0..MAX_DRAWS {
             let fd = draw();
             if fd == 0 {
@@ -169,7 +169,8 @@ impl Registry {
                 shard.insert(
                     fd,
                     Slot::Live(Box::new(Entry {
-                        wake,
+                        waker: None,
+                        kicked: false,
                         ticket: None,
                         spent: false,
                         reserved_until: None,
@@ -202,6 +203,26 @@ impl Registry {
         }
     }
 
+    /// Ready when the task on `fd` has pushes waiting or was kicked by
+    /// [`Registry::wake_all`]; otherwise keeps `cx`'s waker for the next
+    /// push. Checking and storing happen under the shard lock that
+    /// [`Registry::push`] takes, so no wake-up is lost. Never ready for
+    /// an fd that is not registered (nothing can be pushed to it).
+    pub fn poll_wake(&self, fd: u32, cx: &mut Context<'_>) -> Poll<()> {
+        let mut shard = self.shard(fd);
+        let Some(Slot::Live(e)) = shard.get_mut(&fd) else {
+            return Poll::Pending;
+        };
+        if !e.queue.is_empty() || std::mem::take(&mut e.kicked) {
+            return Poll::Ready(());
+        }
+        match &mut e.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// Queues `frame` for the browser on `fd` and wakes its task.
     ///
     /// With a `ticket`, it must be the connection's current unspent ticket,
@@ -227,7 +248,9 @@ impl Registry {
             e.spent = true;
         }
         e.queue.push(frame);
-        e.wake.notify_one();
+        if let Some(w) = &e.waker {
+            w.wake_by_ref();
+        }
         Ok(())
     }
 
@@ -252,10 +275,13 @@ impl Registry {
     /// cancelled token and closes).
     pub fn wake_all(&self) {
         for shard in self.shards.iter() {
-            let map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-            for slot in map.values() {
+            let mut map = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            for slot in map.values_mut() {
                 if let Slot::Live(e) = slot {
-                    e.wake.notify_one();
+                    e.kicked = true;
+                    if let Some(w) = &e.waker {
+                        w.wake_by_ref();
+                    }
                 }
             }
         }
@@ -347,9 +373,8 @@ mod tests {
     fn draws_skip_zero_live_and_reserved_fds() {
         let r = Registry::new();
         let now = Instant::now();
-        let wake = Arc::new(Notify::new());
-        assert_eq!(r.register_with(wake.clone(), now, seq(&[0, 7])), Some(7));
-        assert_eq!(r.register_with(wake.clone(), now, seq(&[7, 7, 9])), Some(9));
+        assert_eq!(r.register_with(now, seq(&[0, 7])), Some(7));
+        assert_eq!(r.register_with(now, seq(&[7, 7, 9])), Some(9));
         // 9 minted a code and closed: reserved until expiry + grace.
         r.set_code(9, "t9", now + Duration::from_secs(10));
         r.remove(9, now);
@@ -360,27 +385,25 @@ mod tests {
                 tombstones: 1
             }
         );
-        assert_eq!(r.register_with(wake.clone(), now, seq(&[9, 11])), Some(11));
+        assert_eq!(r.register_with(now, seq(&[9, 11])), Some(11));
         let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE + Duration::from_millis(1);
         assert_eq!(
-            r.register_with(wake.clone(), later - Duration::from_millis(2), seq(&[9])),
+            r.register_with(later - Duration::from_millis(2), seq(&[9])),
             None,
             "not a moment early"
         );
-        assert_eq!(r.register_with(wake.clone(), later, seq(&[9])), Some(9));
+        assert_eq!(r.register_with(later, seq(&[9])), Some(9));
         // 7 never had a code: freed at once.
         r.remove(7, now);
-        assert_eq!(r.register_with(wake.clone(), now, seq(&[7])), Some(7));
-        assert_eq!(r.register_with(wake, now, seq(&[7, 9, 11])), None);
+        assert_eq!(r.register_with(now, seq(&[7])), Some(7));
+        assert_eq!(r.register_with(now, seq(&[7, 9, 11])), None);
     }
 
     #[test]
     fn real_draws_are_random_distinct_and_in_range() {
         let r = Registry::new();
         let now = Instant::now();
-        let fds: Vec<u32> = (0..2000)
-            .map(|_| r.register(Arc::new(Notify::new()), now).unwrap())
-            .collect();
+        let fds: Vec<u32> = (0..2000).map(|_| r.register(now).unwrap()).collect();
         assert!(fds.iter().all(|&fd| (1..=MAX_FD).contains(&fd)));
         let distinct: std::collections::HashSet<_> = fds.iter().collect();
         assert_eq!(distinct.len(), fds.len());
@@ -403,8 +426,7 @@ mod tests {
     fn sweep_drops_dead_tombstones() {
         let r = Registry::new();
         let now = Instant::now();
-        let wake = Arc::new(Notify::new());
-        let fd = r.register_with(wake, now, seq(&[5])).unwrap();
+        let fd = r.register_with(now, seq(&[5])).unwrap();
         r.set_code(fd, "t", now);
         r.remove(fd, now);
         assert_eq!(r.sweep(now).tombstones, 1);
@@ -425,8 +447,7 @@ mod tests {
     fn tickets_are_checked_and_spent() {
         let r = Registry::new();
         let now = Instant::now();
-        let wake = Arc::new(Notify::new());
-        let fd = r.register_with(wake, now, seq(&[3])).unwrap();
+        let fd = r.register_with(now, seq(&[3])).unwrap();
         assert_eq!(
             r.push(fd, Some("t1"), scan("a")),
             Err(BusError::TicketMismatch)
@@ -450,12 +471,53 @@ mod tests {
         assert_eq!(r.push(99, None, scan("x")), Err(BusError::NoSuchClient));
     }
 
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn pushes_and_shutdown_wake_the_waiting_task() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let fd = r.register_with(now, seq(&[3])).unwrap();
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+
+        // Nothing waiting: the waker is kept; a push wakes it, and the
+        // next poll is ready until the pushes are taken.
+        assert!(r.poll_wake(fd, &mut cx).is_pending());
+        assert_eq!(woken(), 0);
+        assert_eq!(r.push(fd, None, scan("a")), Ok(()));
+        assert_eq!(woken(), 1);
+        assert!(r.poll_wake(fd, &mut cx).is_ready());
+        assert_eq!(r.take_pushes(fd).len(), 1);
+        assert!(r.poll_wake(fd, &mut cx).is_pending());
+
+        // wake_all wakes it once, and the kick is consumed by one poll.
+        r.wake_all();
+        assert_eq!(woken(), 2);
+        assert!(r.poll_wake(fd, &mut cx).is_ready());
+        assert!(r.poll_wake(fd, &mut cx).is_pending());
+
+        // An fd that is not registered never becomes ready.
+        assert!(r.poll_wake(fd ^ 1, &mut cx).is_pending());
+    }
+
     #[test]
     fn a_full_queue_refuses_without_spending() {
         let r = Registry::new();
         let now = Instant::now();
-        let wake = Arc::new(Notify::new());
-        let fd = r.register_with(wake, now, seq(&[3])).unwrap();
+        let fd = r.register_with(now, seq(&[3])).unwrap();
         r.set_code(fd, "t", now);
         for _ in 0..PUSH_QUEUE_CAPACITY {
             assert_eq!(r.push(fd, None, scan("a")), Ok(()));

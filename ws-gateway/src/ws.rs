@@ -11,9 +11,10 @@
 //! capacity of the largest frame sent; the TcpStream is taken back out of
 //! hyper's boxed upgrade; the upgrade, the mint future and event handling
 //! are boxed only while they run, and no tracing span wraps the task, so
-//! the task fits tokio's 896-byte cell (a test keeps it there); shutdown
-//! reaches the task through the same `Notify` as pushes; and the registry
-//! entry holds only a digest of the ticket and that wake handle.
+//! the task fits tokio's 896-byte cell (a test keeps it there); pushes and
+//! shutdown wake the task through the waker it leaves in its registry
+//! entry (no `Notify` allocation); and that entry holds a digest of the
+//! ticket, not the ticket.
 //!
 //! Slow consumers: a write that cannot complete within [`WRITE_TIMEOUT`]
 //! closes the connection; pushes beyond the registry's small queue are
@@ -40,7 +41,7 @@ use hyper_util::rt::TokioIo;
 use protocol::ws::{ClientCommand, MAX_CLIENT_FRAME_BYTES, ServerFrame, WsErrorCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -207,9 +208,8 @@ async fn open(
             return None;
         }
     };
-    let wake = Arc::new(Notify::new());
     let now = Instant::now();
-    let Some(fd) = gw.registry.register(Arc::clone(&wake), now) else {
+    let Some(fd) = gw.registry.register(now) else {
         tracing::error!("no free fd could be drawn");
         let _ = tokio::time::timeout(
             CLOSE_TIMEOUT,
@@ -231,7 +231,6 @@ async fn open(
         ws,
         fd,
         ip,
-        wake,
         last_activity: now,
         next_ping,
         _permit: permit,
@@ -270,7 +269,6 @@ struct Conn {
     ws: Socket,
     fd: u32,
     ip: IpAddr,
-    wake: Arc<Notify>,
     last_activity: Instant,
     next_ping: Instant,
     /// When the code on screen expires; `None` once `qrcode_expired` went
@@ -323,14 +321,17 @@ impl Conn {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            // Shutdown arrives through `wake` too (`Registry::wake_all`), so
-            // the idle task does not also wait on the cancellation token.
+            // Shutdown arrives as a wake-up from the registry too
+            // (`Registry::wake_all`), so the idle task does not also wait
+            // on the cancellation token.
             let event = if self.gw.shutdown.is_cancelled() {
                 Event::Shutdown
             } else {
                 tokio::select! {
                     biased;
-                    _ = self.wake.notified() => Event::Pushes,
+                    () = std::future::poll_fn(|cx| self.gw.registry.poll_wake(self.fd, cx)) => {
+                        Event::Pushes
+                    }
                 r = poll_opt(&mut self.mint) => Event::Minted(r),
                     m = self.ws.next() => Event::Frame(m),
                     _ = &mut sleep => Event::Timer,
