@@ -27,12 +27,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use protocol::bus::BusError;
 use protocol::ws::ServerFrame;
 use sha1::{Digest, Sha1};
-use std::task::{Context, Poll, Waker};
 use subtle::ConstantTimeEq;
 
 /// Number of shards (a power of two).
@@ -229,15 +229,17 @@ impl Registry {
     /// and it is spent by this push. Errors: `no_such_client`,
     /// `ticket_mismatch`, `client_busy` (queue full; nothing is spent).
     pub fn push(&self, fd: u32, ticket: Option<&str>, frame: ServerFrame) -> Result<(), BusError> {
+        // Hashed before the lock is taken.
+        let wanted = ticket.map(digest);
         let mut shard = self.shard(fd);
         let Some(Slot::Live(e)) = shard.get_mut(&fd) else {
             return Err(BusError::NoSuchClient);
         };
-        if let Some(t) = ticket
+        if let Some(wanted) = &wanted
             && (e.spent
                 || !e
                     .ticket
-                    .is_some_and(|current| bool::from(current.ct_eq(&digest(t)))))
+                    .is_some_and(|current| bool::from(current.ct_eq(wanted))))
         {
             return Err(BusError::TicketMismatch);
         }
