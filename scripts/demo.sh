@@ -160,7 +160,7 @@ start wechat-callback \
   --wechat-api-base "$SIM_URL" \
   --notify-addr "$HOST:$NOTIFY_PORT" \
   --db "$TMP/scan-login.db" \
-  --login-token-secret demo-jwt-secret
+  --login-token-secret demo-jwt-secret-not-for-production-use
 wait_healthy wechat-callback "$CALLBACK_URL"
 
 start ws-gateway \

@@ -14,9 +14,15 @@
  *   const handle = ScanLogin.mount(element, {
  *     url,        // WebSocket URL; default ws(s)://<location.host>/ws
  *     onSuccess,  // fn({user, openid, token}) after a successful scan
+ *     onScanned,  // fn({user}) when the code was scanned but the login still
+ *                 // has to be confirmed on the phone (gateway frame `scanned`)
  *     onError,    // fn({error, message}) for error frames and lost connections
  *     onState,    // fn(state, detail) on every state change (and each new code)
- *     redirect,   // if set, after success go to redirect + '?'|'&' + 'token=' + token
+ *     redirect,   // if set, after success the token is POSTed to this URL as
+ *                 // a form submission (application/x-www-form-urlencoded,
+ *                 // one field `token`) and the browser follows it; the token
+ *                 // is never put into a URL. Without a token (the gateway has
+ *                 // no --login-token-secret) the browser just goes there.
  *     lang,       // 'zh' | 'en'; default from navigator.language
  *   });
  *   handle.refresh();   // ask for a new code (reconnects if the socket is down)
@@ -27,6 +33,10 @@
  * States (also written to element's `data-state` attribute):
  *   connecting   opening the WebSocket / waiting for a code
  *   qr           a code is shown;  detail = {url, qr_content, expire_seconds, ticket}
+ *   scanned      the code was scanned; the user still has to confirm on the
+ *                phone (reply 1 in WeChat); detail = {user}. The code is
+ *                covered; `scan_success`, `qrcode_expired` or an error frame
+ *                moves on from here.
  *   success      logged in;        detail = {user, openid, token}
  *   expired      the code timed out; a "Refresh" button asks for a new one
  *   unreachable  the gateway cannot be reached; retried with backoff;
@@ -34,8 +44,9 @@
  *   error        the gateway reported a problem (e.g. rate_limited,
  *                wechat_unavailable); retried later; detail = {error, message}
  *
- * Wire protocol (JSON text frames, see CONTRACT.md "Browser ↔ gateway"):
- *   server → browser: qrcode_url, scan_success, qrcode_expired, error, pong
+ * Wire protocol (JSON text frames, see docs/PROTOCOL.md "Browser ↔ gateway"):
+ *   server → browser: qrcode_url, scanned, scan_success, qrcode_expired,
+ *                     error, pong
  *   browser → server: {"cmd":"ping"}, {"cmd":"refresh"}
  *
  * Behaviour:
@@ -65,6 +76,10 @@
   // last code it minted.
   var REFRESH_SPACING_MS = 5000;
   var RATE_RETRY_MAX_MS = 60000;
+  // The gateway ends a pending confirmation with scan_success or
+  // qrcode_expired. Should neither come, a `scanned` state older than the
+  // code's remaining lifetime plus this much is shown as expired.
+  var CONFIRM_GRACE_MS = 5 * 60 * 1000;
 
   var TEXT = {
     en: {
@@ -72,8 +87,13 @@
       loadingCode: 'Getting a QR code…',
       scan: 'Scan with WeChat to log in',
       alt: 'WeChat login QR code. Scan it with the WeChat app to log in.',
+      altScanned: 'WeChat login QR code, already scanned. Confirm the login on your phone.',
       expiresIn: function (s) { return 'Expires in ' + fmtTime(s); },
       expired: 'This QR code has expired.',
+      scanned: function (u) {
+        return (u ? 'Scanned by ' + u + '.' : 'Scanned.') + ' Confirm the login on your phone (reply 1 in WeChat).';
+      },
+      awaitingConfirm: 'Waiting for confirmation on your phone…',
       refresh: 'Refresh',
       retryNow: 'Retry now',
       success: function (u) { return u ? 'Logged in as ' + u : 'Logged in'; },
@@ -92,8 +112,11 @@
       loadingCode: '正在获取二维码…',
       scan: '请使用微信扫一扫登录',
       alt: '微信登录二维码，请用微信扫描此二维码登录。',
+      altScanned: '微信登录二维码，已扫码，请在手机上确认登录。',
       expiresIn: function (s) { return fmtTime(s) + ' 后过期'; },
       expired: '二维码已过期。',
+      scanned: function (u) { return (u ? u + ' 已扫码' : '已扫码') + '，请在手机上确认登录（在微信中回复 1）'; },
+      awaitingConfirm: '等待在手机上确认…',
       refresh: '刷新二维码',
       retryNow: '立即重试',
       success: function (u) { return u ? u + '，登录成功' : '登录成功'; },
@@ -137,6 +160,7 @@
     '.scan-login .sl-btn:focus-visible{outline:3px solid #0969da;outline-offset:2px;}',
 
     '.scan-login[data-state="expired"] .sl-qr{filter:blur(2px) grayscale(1);opacity:.5;}',
+    '.scan-login[data-state="scanned"] .sl-qr{filter:blur(3px) grayscale(1);opacity:.3;}',
     '.scan-login [hidden]{display:none !important;}',
     '@media (max-width:480px){.scan-login{max-width:100%;padding:12px;}',
     '.scan-login .sl-hint{display:block;}}',
@@ -256,6 +280,7 @@
     var hiddenClosed = false;   // closed because the tab was hidden too long
     var pageHidden = false;     // closed on pagehide
     var buttonAction = null;
+    var lastScanned = null;     // detail of the last `scanned` frame
 
     function setTimer(name, fn, ms) {
       clearTimer(name);
@@ -286,12 +311,15 @@
     }
 
     function render(view) {
-      // view: {spinner, qr, mark, veilText, button:[label, action], status, sub}
+      // view: {spinner, qr, alt, mark, veilText, button:[label, action], status, sub}
       spinner.hidden = !view.spinner;
       img.hidden = !view.qr;
+      var alt = view.alt || T.alt;
+      if (img.getAttribute('alt') !== alt) img.setAttribute('alt', alt);
       mark.hidden = !view.mark;
-      veil.hidden = true;
+      veil.hidden = !view.veilText;
       buttonAction = null;
+      button.hidden = !view.button;
       veilText.textContent = view.veilText || '';
       veilText.hidden = !view.veilText;
       if (view.button) showButton(view.button[0], view.button[1]);
@@ -332,7 +360,7 @@
 
     function armWatchdog() {
       setTimer('watchdog', function () {
-        if (!ws || state === 'success' || state === 'qr') return;
+        if (!ws || state === 'success' || state === 'qr' || state === 'scanned') return;
         dropSocket();
         scheduleReconnect();
       }, CODE_WATCHDOG_MS);
@@ -364,6 +392,7 @@
 
     function showCode(frame) {
       clearTimer('watchdog');
+      clearTimer('confirmWait');
       rateStrikes = 0;
       clearTimer('rateRetry');
       setNote('');
@@ -391,6 +420,47 @@
       setState('expired', {});
     }
 
+    function showScanned(frame) {
+      if (state === 'success') return;
+      var detail = { user: typeof frame.user === 'string' ? frame.user : '' };
+      // The same frame again (e.g. a repeated delivery) changes nothing.
+      if (state === 'scanned' && lastScanned && lastScanned.user === detail.user) return;
+      lastScanned = detail;
+      clearTimer('watchdog');
+      // A pending retry would replace the code the user is confirming.
+      clearTimer('rateRetry');
+      stopCountdown();
+      setNote('');
+      render({
+        qr: !!lastCode,
+        spinner: !lastCode,
+        alt: T.altScanned,
+        veilText: T.awaitingConfirm,
+        status: T.scanned(detail.user)
+      });
+      setTimer('confirmWait', function () {
+        if (state === 'scanned') showExpired();
+      }, Math.max(0, expiresAt - Date.now()) + CONFIRM_GRACE_MS);
+      setState('scanned', detail);
+      safeCall(opts.onScanned, detail);
+    }
+
+    /**
+     * Sends the token to `action` as a POST form submission (field `token`),
+     * so that it never appears in a URL (history, server logs, Referer).
+     */
+    function postToken(action, token) {
+      var form = el(doc, 'form', null, { method: 'post', action: action, 'accept-charset': 'utf-8' });
+      form.style.display = 'none';
+      var input = el(doc, 'input', null, { type: 'hidden', name: 'token' });
+      input.value = token;
+      form.appendChild(input);
+      (doc.body || doc.documentElement).appendChild(form);
+      // The prototype's submit() is immune to a field named "submit".
+      var submit = global.HTMLFormElement && global.HTMLFormElement.prototype.submit;
+      if (submit) submit.call(form); else form.submit();
+    }
+
     function showSuccess(frame) {
       clearAllTimers();
       setNote('');
@@ -402,8 +472,8 @@
       safeCall(opts.onSuccess, detail);
       if (opts.redirect) {
         var target = String(opts.redirect);
-        if (detail.token) target += (target.indexOf('?') >= 0 ? '&' : '?') + 'token=' + encodeURIComponent(detail.token);
-        global.location.assign(target);
+        if (detail.token) postToken(target, String(detail.token));
+        else global.location.assign(target);
       }
     }
 
@@ -535,6 +605,11 @@
     }
 
     function onRateLimited(message) {
+      if (state === 'scanned') {
+        // The user is confirming the code on screen: leave it alone.
+        setNote(T.rateLimited);
+        return;
+      }
       rateStrikes += 1;
       // A refresh is allowed 5 s after the last minted code; the per-IP
       // budget needs longer. Back off gently either way.
@@ -559,6 +634,9 @@
           attempt = 0;
           if (state === 'success') return;
           showCode(frame);
+          break;
+        case 'scanned':
+          showScanned(frame);
           break;
         case 'scan_success':
           showSuccess(frame);

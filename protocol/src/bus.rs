@@ -104,18 +104,71 @@ pub struct Answer {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The login page's client address (answers to `scanned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The login page's User-Agent, at most [`MAX_USER_AGENT_CHARS`]
+    /// characters (answers to `scanned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// The longest User-Agent a `scanned` answer carries.
+pub const MAX_USER_AGENT_CHARS: usize = 200;
+
+/// What a successful answer says about the page (`scanned` answers only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 impl Answer {
-    /// Parses one answer line (without its newline). `Ok(())` for
-    /// `{"ok":true}`, the error code otherwise; an unreadable line or an
+    /// Parses one answer line (without its newline). `Ok` for
+    /// `{"ok":true,...}`, the error code otherwise; an unreadable line or an
     /// unknown code is `Err(None)`.
-    pub fn parse(line: &[u8]) -> Result<(), Option<BusError>> {
+    pub fn parse(line: &[u8]) -> Result<PageInfo, Option<BusError>> {
         let answer: Answer = serde_json::from_slice(line).map_err(|_| None)?;
         if answer.ok {
-            Ok(())
+            Ok(PageInfo {
+                ip: answer.ip,
+                user_agent: answer.user_agent,
+            })
         } else {
             Err(answer.error.as_deref().and_then(BusError::from_code))
+        }
+    }
+
+    /// The answer to a `scanned` line, newline included.
+    pub fn scanned_line(ip: &str, user_agent: &str) -> Vec<u8> {
+        let ua: String = user_agent.chars().take(MAX_USER_AGENT_CHARS).collect();
+        let mut line = serde_json::to_vec(&Answer {
+            ok: true,
+            error: None,
+            ip: Some(ip.to_string()),
+            user_agent: Some(ua),
+        })
+        .unwrap_or_else(|_| OK_LINE[..OK_LINE.len() - 1].to_vec());
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The two requests: `scan` logs the page in, `scanned` only tells it
+/// that the code was scanned and a confirmation is awaited on the phone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NotifyKind {
+    #[default]
+    Scan,
+    Scanned,
+}
+
+impl NotifyKind {
+    /// The `type` on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyKind::Scan => "scan",
+            NotifyKind::Scanned => "scanned",
         }
     }
 }
@@ -123,6 +176,9 @@ impl Answer {
 /// A `{"type":"scan",...}` request: tell the browser on `fd` who scanned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanNotify {
+    /// `scan` or `scanned` (the line's `type`).
+    #[serde(skip)]
+    pub kind: NotifyKind,
     pub fd: u32,
     pub nickname: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,13 +216,16 @@ impl ScanNotify {
     /// Parses one request line (without its newline).
     ///
     /// `bad_json` for anything that is not a JSON object with a string
-    /// `type`; `unknown_type` for a type other than `scan`; `bad_json` again
-    /// for a scan without a u32 `fd` or a string `nickname`.
+    /// `type`; `unknown_type` for a type other than `scan` or `scanned`;
+    /// `bad_json` again for a request without a u32 `fd` or a string
+    /// `nickname`.
     pub fn parse(line: &[u8]) -> Result<ScanNotify, BusError> {
         let raw: RawRequest = serde_json::from_slice(line).map_err(|_| BusError::BadJson)?;
-        if raw.kind != "scan" {
-            return Err(BusError::UnknownType);
-        }
+        let kind = match raw.kind.as_str() {
+            "scan" => NotifyKind::Scan,
+            "scanned" => NotifyKind::Scanned,
+            _ => return Err(BusError::UnknownType),
+        };
         let fd = raw
             .fd
             .as_ref()
@@ -175,6 +234,7 @@ impl ScanNotify {
             .ok_or(BusError::BadJson)?;
         let nickname = raw.nickname.ok_or(BusError::BadJson)?;
         Ok(ScanNotify {
+            kind,
             fd,
             nickname,
             openid: raw.openid,
@@ -194,7 +254,7 @@ impl ScanNotify {
             body: &'a ScanNotify,
         }
         let mut line = serde_json::to_vec(&Wire {
-            kind: "scan",
+            kind: self.kind.name(),
             body: self,
         })
         .unwrap_or_default();
@@ -372,8 +432,26 @@ mod tests {
     }
 
     #[test]
+    fn scanned_requests_and_answers() {
+        let n =
+            ScanNotify::parse(br#"{"type":"scanned","fd":9,"nickname":"A","ticket":"t"}"#).unwrap();
+        assert_eq!(
+            (n.kind, n.fd, n.ticket.as_deref()),
+            (NotifyKind::Scanned, 9, Some("t"))
+        );
+        let line = n.to_line();
+        assert!(line.starts_with(br#"{"type":"scanned","#));
+        let long_ua = "u".repeat(500);
+        let answer = Answer::scanned_line("203.0.113.9", &long_ua);
+        let info = Answer::parse(&answer[..answer.len() - 1]).unwrap();
+        assert_eq!(info.ip.as_deref(), Some("203.0.113.9"));
+        assert_eq!(info.user_agent.map(|u| u.len()), Some(MAX_USER_AGENT_CHARS));
+    }
+
+    #[test]
     fn request_round_trips() {
         let n = ScanNotify {
+            kind: NotifyKind::Scan,
             fd: 7,
             nickname: "Bob \"quoted\"\n".into(),
             openid: Some("o1".into()),
@@ -389,7 +467,10 @@ mod tests {
 
     #[test]
     fn answer_lines_parse_back() {
-        assert_eq!(Answer::parse(&OK_LINE[..OK_LINE.len() - 1]), Ok(()));
+        assert_eq!(
+            Answer::parse(&OK_LINE[..OK_LINE.len() - 1]),
+            Ok(PageInfo::default())
+        );
         for e in BusError::ALL {
             let line = e.answer_line();
             assert_eq!(Answer::parse(&line[..line.len() - 1]), Err(Some(e)));

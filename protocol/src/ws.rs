@@ -20,6 +20,9 @@ pub enum ServerFrame {
         qr_content: String,
         expire_seconds: u32,
     },
+    /// Someone scanned this connection's code and is asked to confirm the
+    /// login on the phone (`--confirm-login`); `scan_success` follows.
+    Scanned { user: String },
     /// Someone scanned this connection's code and is logged in.
     ScanSuccess {
         user: String,

@@ -10,7 +10,13 @@
 //   (e) the demo page's "Simulate scan" button logs in through the whole
 //       chain: wechat-sim → wechat-callback → gateway bus → page, with a
 //       JWT signed by --login-token-secret;
-//   (f) Chinese text for a Chinese browser.
+//   (f) Chinese text for a Chinese browser;
+//   (g) with wechat-callback --confirm-login, a scan shows the "scanned"
+//       state (confirm on the phone) and the user's reply "1" logs in;
+//   (h) the `redirect` option POSTs the token as a form field, never in a URL.
+// A console error or an uncaught exception on a page fails the test (a few
+// expected ones, such as refused WebSocket connections while the gateway is
+// down, are allowed where they are expected).
 // Screenshots and process logs go to <repo>/artifacts/browser/.
 //
 // Run: tests/browser/run.sh   (after `cargo build --workspace`)
@@ -154,15 +160,37 @@ const b64url = (s) => Buffer.from(s).toString('base64url');
 
 let browser;
 const consoleLog = fs.createWriteStream(path.join(ARTIFACTS, 'console.log'), { flags: 'w' });
+/** page → console errors and uncaught exceptions seen on it. */
+const pageErrors = new WeakMap();
 
 async function newPage(locale = 'en-US') {
   const context = await browser.newContext({ locale, viewport: { width: 480, height: 900 } });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
-  page.on('console', (m) => consoleLog.write(`[${locale}] ${m.type()}: ${m.text()}\n`));
-  page.on('pageerror', (e) => consoleLog.write(`[${locale}] pageerror: ${e.stack || e}\n`));
+  const errors = [];
+  pageErrors.set(page, errors);
+  page.on('console', (m) => {
+    consoleLog.write(`[${locale}] ${m.type()}: ${m.text()}\n`);
+    if (m.type() === 'error') errors.push(`console error: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => {
+    consoleLog.write(`[${locale}] pageerror: ${e.stack || e}\n`);
+    errors.push(`pageerror: ${e.stack || e}`);
+  });
   return page;
 }
+
+/**
+ * Fails if `page` logged a console error or threw an uncaught exception,
+ * other than those matching one of the `allowed` patterns.
+ */
+function assertNoPageErrors(page, allowed = []) {
+  const errors = (pageErrors.get(page) || []).filter((e) => !allowed.some((re) => re.test(e)));
+  assert.deepEqual(errors, [], `errors on the page (see artifacts/browser/console.log):\n${errors.join('\n')}`);
+}
+
+/** What Chromium logs for a WebSocket that cannot connect (gateway down). */
+const WS_REFUSED = /WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/ws' failed/;
 
 const state = (page) => page.locator('#login').getAttribute('data-state');
 const waitState = (page, s) => page.waitForSelector(`#login[data-state="${s}"]`, { timeout: WAIT_MS });
@@ -206,6 +234,55 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     '--demo-sim-url', simBase(),
   ];
 
+  /** POSTs JSON to the simulator (the phone); returns the parsed answer. */
+  async function simPost(urlPath, body) {
+    const res = await fetch(`${simBase()}${urlPath}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(WAIT_MS),
+    });
+    const text = await res.text();
+    assert.equal(res.status, 200, `POST ${urlPath} ${JSON.stringify(body)}: HTTP ${res.status} ${text}`);
+    return JSON.parse(text);
+  }
+
+  /** The fd (scene id) the page's code was minted for, from the simulator. */
+  async function fdOfTicket(ticket) {
+    const res = await fetch(`${simBase()}/sim/tickets/${encodeURIComponent(ticket)}`);
+    assert.equal(res.status, 200, `GET /sim/tickets/<ticket> (needed to learn the fd): HTTP ${res.status}`);
+    const info = await res.json();
+    const fd = Number(info.scene_id);
+    assert.ok(Number.isInteger(fd) && fd > 0, `scene_id in ${JSON.stringify(info)}`);
+    return fd;
+  }
+
+  /** A fake JWT-shaped token (the page decodes it but does not verify it). */
+  function fakeToken(sub, nickname) {
+    const now = Math.floor(Date.now() / 1000);
+    return [
+      b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })),
+      b64url(JSON.stringify({ sub, nickname, iat: now, exp: now + 300, jti: `test-jti-${sub}` })),
+      b64url('not-a-real-signature'),
+    ].join('.');
+  }
+
+  /**
+   * Starts wechat-callback on ports.cb (where the simulator delivers), with
+   * its database in `dir`; the simulator, the gateway and the callback share
+   * the token, app id and secret.
+   */
+  const startCallback = (label, dir, extra) => start(label, 'wechat-callback', [
+    '--listen', `${HOST}:${ports.cb}`,
+    '--token', 't',
+    '--app-id', 'wxdemo',
+    '--app-secret', 's',
+    '--wechat-api-base', simBase(),
+    '--notify-addr', `${HOST}:${ports.notify}`,
+    '--db', path.join(dir, 'scan-login.db'),
+    ...extra,
+  ]);
+
   before(async () => {
     for (const k of ['sim', 'cb', 'gw', 'notify', 'gw2', 'notify2']) ports[k] = await freePort();
     sim = start('wechat-sim', 'wechat-sim', [
@@ -246,6 +323,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     // Demo mode: the gateway filled in the simulator's URL.
     assert.ok(await page.locator('#sim-button').isVisible(), 'the "Simulate scan" button is shown in demo mode');
     await shot(page, 'a-qr');
+    assertNoPageErrors(page);
   });
 
   it('(a2) the library also loads as an ES module', async () => {
@@ -254,22 +332,13 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
       return mod.default === window.ScanLogin && typeof mod.mount === 'function';
     });
     assert.ok(same);
+    assertNoPageErrors(page);
   });
 
   it('(b) a notify line for the page\'s fd logs it in', async () => {
     const ticket = ticketOf(await qrSrc(page));
-    const res = await fetch(`${simBase()}/sim/tickets/${encodeURIComponent(ticket)}`);
-    assert.equal(res.status, 200, `GET /sim/tickets/<ticket> (needed to learn the fd): HTTP ${res.status}`);
-    const info = await res.json();
-    const fd = Number(info.scene_id);
-    assert.ok(Number.isInteger(fd) && fd > 0, `scene_id in ${JSON.stringify(info)}`);
-
-    const now = Math.floor(Date.now() / 1000);
-    const token = [
-      b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })),
-      b64url(JSON.stringify({ sub: 'o-alice', nickname: 'Alice', iat: now, exp: now + 300, jti: 'test-jti' })),
-      b64url('not-a-real-signature'),
-    ].join('.');
+    const fd = await fdOfTicket(ticket);
+    const token = fakeToken('o-alice', 'Alice');
     const answer = await notify(ports.notify, {
       type: 'scan', fd, nickname: 'Alice', openid: 'o-alice', token, ticket,
     });
@@ -285,6 +354,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     assert.equal(claims.nickname, 'Alice');
     assert.equal(claims.sub, 'o-alice');
     await shot(page, 'b-success');
+    assertNoPageErrors(page);
     await page.context().close();
   });
 
@@ -307,6 +377,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     assert.notEqual(second, first);
     await waitImageLoaded(p);
     await shot(p, 'c-refreshed');
+    assertNoPageErrors(p);
     await p.context().close();
     await stop(shortGateway);
   });
@@ -328,23 +399,17 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     assert.notEqual(afterSrc, before);
     await waitImageLoaded(p);
     await shot(p, 'd-reconnected');
+    // Connections refused while the gateway was down are expected here.
+    assertNoPageErrors(p, [WS_REFUSED]);
     await p.context().close();
   });
 
   it('(e) "Simulate scan" logs in through wechat-callback', async () => {
-    const secret = 'browser-test-login-secret';
+    const secret = 'browser-test-login-secret-0123456789ab';
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
+    let callback;
     try {
-      const callback = start('wechat-callback', 'wechat-callback', [
-        '--listen', `${HOST}:${ports.cb}`,
-        '--token', 't',
-        '--app-id', 'wxdemo',
-        '--app-secret', 's',
-        '--wechat-api-base', simBase(),
-        '--notify-addr', `${HOST}:${ports.notify}`,
-        '--db', path.join(dir, 'scan-login.db'),
-        '--login-token-secret', secret,
-      ]);
+      callback = startCallback('wechat-callback', dir, ['--login-token-secret', secret]);
       await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
 
       const p = await newPage();
@@ -368,9 +433,11 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
       assert.equal(claims.nickname, await p.locator('#r-user').textContent());
       assert.ok(claims.exp > claims.iat);
       await shot(p, 'e-simulated-success');
+      assertNoPageErrors(p);
       await p.context().close();
-      await stop(callback);
     } finally {
+      // Always: the next test starts its own callback on the same port.
+      await stop(callback);
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
@@ -383,6 +450,107 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     assert.equal(await p.locator('#login [aria-live="polite"]').first().textContent(), '请使用微信扫一扫登录');
     assert.equal(await state(p), 'qr');
     await shot(p, 'f-qr-zh');
+    assertNoPageErrors(p);
+    await p.context().close();
+  });
+
+  it('(g) with --confirm-login a scan shows "scanned" until the user replies 1', async () => {
+    const secret = 'browser-test-confirm-secret-0123456789';
+    const openid = 'o_confirm_test';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
+    let callback;
+    try {
+      callback = startCallback('wechat-callback-confirm', dir, ['--confirm-login', '--login-token-secret', secret]);
+      await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
+
+      const p = await newPage();
+      await p.goto(`http://${HOST}:${ports.gw}/`);
+      await waitState(p, 'qr');
+      await waitImageLoaded(p);
+      const ticket = ticketOf(await qrSrc(p));
+
+      // The phone scans: the login now waits for the user's confirmation.
+      const scan = await simPost('/sim/scan', { ticket, openid, subscribed: true, nickname: 'Confirm Tester' });
+      assert.match(scan.reply, /reply\W{0,3}1/i, `the scan reply asks the user to reply 1: ${JSON.stringify(scan)}`);
+
+      await waitState(p, 'scanned');
+      const status = p.locator('#login [role="status"]');
+      await p.waitForFunction(
+        () => /Confirm the login on your phone/.test(document.querySelector('#login [role="status"]').textContent),
+        null, { timeout: WAIT_MS });
+      assert.match(await status.textContent(), /^Scanned( by .+)?\. Confirm the login on your phone \(reply 1 in WeChat\)\.$/);
+      assert.equal(await status.getAttribute('aria-live'), 'polite', 'the scanned state is announced');
+      // The code is covered, and nothing invites another scan or a refresh.
+      assert.ok(await p.locator('#login .sl-veil').isVisible(), 'the code is covered');
+      assert.equal(await p.locator('#login .sl-refresh').isVisible(), false, 'no Refresh button while confirming');
+      assert.match(await p.locator('#login img.sl-qr').getAttribute('alt'), /already scanned/);
+      assert.equal(await p.locator('#login .sl-sub').textContent(), '', 'no countdown while confirming');
+      // This scan did not come from the demo button: no demo "Reply 1" button.
+      assert.equal(await p.locator('#sim-confirm').isVisible(), false);
+      await shot(p, 'g-scanned');
+
+      // The user replies "1" in WeChat.
+      const msg = await simPost('/sim/message', { openid, content: '1' });
+      assert.equal(typeof msg.reply, 'string', `POST /sim/message answer: ${JSON.stringify(msg)}`);
+
+      await waitState(p, 'success');
+      await p.waitForSelector('#result:not([hidden])');
+      assert.equal(await p.locator('#r-openid').textContent(), openid);
+      assert.match(await p.locator('#login [role="status"]').textContent(), /^Logged in/);
+      const token = await p.locator('#r-token').textContent();
+      const [h, b, sig] = token.split('.');
+      const expected = crypto.createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url');
+      assert.equal(sig, expected, 'the token is an HS256 JWT signed with --login-token-secret');
+      const claims = JSON.parse(await p.locator('#r-claims').textContent());
+      assert.equal(claims.sub, openid);
+      await shot(p, 'g-confirmed');
+      assertNoPageErrors(p);
+      await p.context().close();
+    } finally {
+      await stop(callback);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('(h) `redirect` POSTs the token as a form field, not in the URL', async () => {
+    const p = await newPage();
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    let landed = null;
+    await p.route((url) => url.pathname === '/after-login', (route) => {
+      const req = route.request();
+      landed = {
+        url: req.url(),
+        method: req.method(),
+        contentType: req.headers()['content-type'] || '',
+        body: req.postData() || '',
+      };
+      return route.fulfill({
+        status: 200,
+        contentType: 'text/html',
+        body: '<!doctype html><link rel="icon" href="data:,"><title>in</title><p id="in">in</p>',
+      });
+    });
+    // Replace the demo's widget by one with `redirect`.
+    await p.evaluate(() => {
+      window.scanLoginDemo.handle.destroy();
+      window.redirectHandle = window.ScanLogin.mount(document.getElementById('login'), { redirect: '/after-login?from=test' });
+    });
+    await p.waitForFunction(() => window.redirectHandle && window.redirectHandle.state === 'qr', null, { timeout: WAIT_MS });
+    const ticket = await p.evaluate(() => window.redirectHandle.lastCode.ticket);
+    const fd = await fdOfTicket(ticket);
+    const token = fakeToken('o-redirect', 'Redirect');
+    const answer = await notify(ports.notify, { type: 'scan', fd, nickname: 'Redirect', openid: 'o-redirect', token, ticket });
+    assert.deepEqual(JSON.parse(answer), { ok: true });
+
+    await p.waitForSelector('#in', { timeout: WAIT_MS });
+    assert.ok(landed, 'the browser went to the redirect URL');
+    assert.equal(landed.method, 'POST');
+    assert.match(landed.contentType, /^application\/x-www-form-urlencoded/);
+    assert.equal(new URLSearchParams(landed.body).get('token'), token);
+    assert.equal(landed.url, `http://${HOST}:${ports.gw}/after-login?from=test`, 'the token is not in the URL');
+    assert.ok(!p.url().includes(token), 'the token is not in the address bar');
+    assertNoPageErrors(p);
     await p.context().close();
   });
 });

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use e2e::Daemon;
 use e2e::process::{run_to_end, temp_dir};
-use e2e::wechat::{now, post_signed, reply_content, scan_event};
+use e2e::wechat::{now, post_safe, reply_content, scan_event};
+use protocol::wechat::crypto::AesKey;
 
 use crate::stack::{AES_KEY, APPID, Browser, SECRET, TOKEN};
 
@@ -78,8 +79,8 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
         ("token", TOKEN),
         ("encoding_aes_key", AES_KEY),
         ("app_secret", SECRET),
-        ("notify_secret", "units-notify-secret"),
-        ("login_token_secret", "units-jwt-secret"),
+        ("notify_secret", "units-notify-secret-0123456789abcdef"),
+        ("login_token_secret", "units-jwt-secret-0123456789abcdef012"),
     ];
     let (gw_pre, gw_start, gw_creds) = unit("ws-gateway.service");
     let (cb_pre, cb_start, cb_creds) = unit("wechat-callback@.service");
@@ -155,7 +156,11 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
             .unwrap();
         let fd = info["scene_id"].as_u64().unwrap() as u32;
         let body = scan_event(openid, fd, &ticket, i > 0, now() + i as i64);
-        let raw = post_signed(&http, &format!("http://127.0.0.1:{port}"), TOKEN, body).await;
+        // The credentials hold an EncodingAESKey, so the callback runs in
+        // safe mode, as the console's 安全 setting has WeChat post.
+        let key = AesKey::from_encoding_aes_key(AES_KEY).unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let raw = post_safe(&http, &base, TOKEN, &key, APPID, &body).await;
         let reply = reply_content(&raw).unwrap_or(raw);
         let ordinal = if i == 0 { "1st" } else { "2nd" };
         assert_eq!(

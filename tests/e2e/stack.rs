@@ -15,7 +15,7 @@ pub const TOKEN: &str = "e2e-token";
 pub const APPID: &str = "wxe2e000000000001";
 pub const SECRET: &str = "e2e-app-secret";
 pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-pub const JWT_SECRET: &str = "e2e-jwt-secret";
+pub const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef012";
 
 /// Options for a stack.
 #[derive(Clone, Default)]

@@ -55,6 +55,34 @@ pub async fn post_signed(http: &reqwest::Client, base: &str, token: &str, body: 
         .expect("answer body")
 }
 
+/// POSTs `xml` to `{base}/wechat` in safe mode (encrypted with `key` for
+/// `appid`, signed with `token`), as WeChat does for an account in 安全
+/// mode; returns the decrypted reply XML, or the raw answer when it is not
+/// an encrypted reply (`success`, an error text).
+pub async fn post_safe(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    key: &AesKey,
+    appid: &str,
+    xml: &str,
+) -> String {
+    let (query, body) = encrypt_post(token, key, appid, xml, now());
+    let raw = http
+        .post(format!("{base}/wechat?{query}"))
+        .body(body)
+        .send()
+        .await
+        .expect("callback reachable")
+        .text()
+        .await
+        .expect("answer body");
+    match open_encrypted_reply(token, key, &raw) {
+        Ok((_, inner)) => inner,
+        Err(_) => raw,
+    }
+}
+
 /// A QR login event: `subscribe` (`qrscene_<fd>`) for a new user, `SCAN`
 /// (`<fd>`) for a follower.
 pub fn scan_event(

@@ -55,6 +55,14 @@ impl ApiError {
     }
 }
 
+/// A transport error without its URL: `qrcode/create` and `user/info`
+/// URLs carry `access_token=` in their query, and reqwest's errors print
+/// the URL they failed on. Every error that leaves this crate goes through
+/// here, so no log line can show a token.
+fn transport(e: reqwest::Error) -> ApiError {
+    ApiError::Transport(e.without_url().to_string())
+}
+
 /// Where and as whom to call the API.
 #[derive(Clone)]
 pub struct ApiConfig {
@@ -133,7 +141,7 @@ impl WeChatApi {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("wechat-scan-login/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+            .map_err(transport)?;
         Ok(WeChatApi {
             inner: std::sync::Arc::new(Inner {
                 http,
@@ -190,15 +198,9 @@ impl WeChatApi {
 
     /// Sends a request and reads a WeChat JSON answer.
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let body = resp.bytes().await.map_err(transport)?;
         if body.len() > MAX_ANSWER_BYTES {
             return Err(ApiError::BadAnswer(format!(
                 "answer of {} bytes",

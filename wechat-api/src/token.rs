@@ -39,6 +39,9 @@ struct RefreshState {
     last_forced: Option<Instant>,
 }
 
+/// The longest token lifetime believed, whatever `expires_in` says.
+pub const MAX_TOKEN_LIFE: Duration = Duration::from_secs(7200);
+
 /// See the module doc.
 #[derive(Default)]
 pub struct TokenCache {
@@ -53,7 +56,9 @@ impl TokenCache {
 
     fn store(&self, fetched: Fetched) -> Arc<str> {
         let now = Instant::now();
-        let life = fetched.expires_in;
+        // WeChat's tokens live 7,200 s; a larger (or absurd) `expires_in`
+        // is clamped so `now + life` cannot overflow.
+        let life = fetched.expires_in.min(MAX_TOKEN_LIFE);
         let margin = (life / 5)
             .clamp(Duration::from_secs(30), Duration::from_secs(300))
             .min(life / 2);
@@ -145,6 +150,23 @@ mod tests {
             token: token.into(),
             expires_in: Duration::from_secs(secs),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_expires_in_is_clamped_not_a_panic() {
+        let cache = TokenCache::default();
+        let t = cache
+            .get(|_| async { Ok(fetched("huge", u64::MAX)) })
+            .await
+            .unwrap();
+        assert_eq!(t, "huge");
+        // Believed for at most MAX_TOKEN_LIFE: refreshed before it ends.
+        tokio::time::advance(MAX_TOKEN_LIFE).await;
+        let again = cache
+            .get(|_| async { Ok(fetched("next", 7200)) })
+            .await
+            .unwrap();
+        assert_eq!(again, "next");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,15 +7,24 @@
 //! there is no connection, the next request connects first (at once: a
 //! restarted gateway is used by the very next scan), but after a failed
 //! connect further attempts wait out a short backoff (100 ms doubling to
-//! 2 s) and fail fast meanwhile. A request that gets no answer within its
-//! timeout fails, and the connection is dropped so a wedged gateway cannot
-//! hold later requests.
+//! 2 s) and fail fast meanwhile.
+//!
+//! A request waits for its answer until the deadline its caller gives (the
+//! callback's reply deadline, not a short fixed timeout): a gateway that
+//! pauses for a second still answers in time, and the login is decided by
+//! the answer actually received, so the user is never told "failed" for a
+//! page that got its push. Only past that deadline does the request fail
+//! and the connection drop, so a wedged gateway cannot hold later requests.
+//! Connecting and writing are bounded by `--notify-timeout-ms`: a gateway
+//! that stops reading cannot stall the queue. Answers are read with the
+//! same line reader the gateway uses ([`LineBuffer`]); an answer longer than
+//! [`MAX_LINE_BYTES`] closes the connection.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use protocol::bus::{Answer, BusError, Line, MAX_LINE_BYTES, ScanNotify, split_line};
+use protocol::bus::{Answer, BusError, LineBuffer, LineRef, MAX_LINE_BYTES, PageInfo, ScanNotify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -24,8 +33,8 @@ use tokio::time::Instant;
 
 /// Requests waiting for the actor.
 const QUEUE: usize = 1024;
-/// How long a connect may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bytes asked for per read of answers.
+const READ_CHUNK: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -58,7 +67,7 @@ impl NotifyError {
     }
 }
 
-type Slot = oneshot::Sender<Result<(), NotifyError>>;
+type Slot = oneshot::Sender<Result<PageInfo, NotifyError>>;
 
 enum Msg {
     Send(Vec<u8>, Slot),
@@ -70,21 +79,24 @@ enum Msg {
 #[derive(Clone)]
 pub struct BusClient {
     tx: mpsc::Sender<Msg>,
-    timeout: Duration,
 }
 
 impl BusClient {
-    /// Starts the actor for `addr` (host:port).
-    pub fn start(addr: String, timeout: Duration) -> BusClient {
+    /// Starts the actor for `addr` (host:port); connecting and each write
+    /// may take at most `io_timeout`.
+    pub fn start(addr: String, io_timeout: Duration) -> BusClient {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(actor(addr, rx));
-        BusClient { tx, timeout }
+        tokio::spawn(actor(addr, io_timeout, rx));
+        BusClient { tx }
     }
 
-    /// Sends one notification and waits for its answer.
-    pub async fn notify(&self, req: &ScanNotify) -> Result<(), NotifyError> {
+    /// Sends one request and waits for its answer until `deadline`.
+    pub async fn notify(
+        &self,
+        req: &ScanNotify,
+        deadline: Instant,
+    ) -> Result<PageInfo, NotifyError> {
         let (slot, answer) = oneshot::channel();
-        let deadline = Instant::now() + self.timeout;
         let sent =
             tokio::time::timeout_at(deadline, self.tx.send(Msg::Send(req.to_line(), slot))).await;
         match sent {
@@ -103,9 +115,30 @@ impl BusClient {
     }
 }
 
+/// Requests written and waiting for their answers, in order. Once the
+/// reader has stopped it is `closed`, and a request added later fails at
+/// once instead of waiting for an answer nobody will read.
+#[derive(Default)]
+struct Pending {
+    slots: VecDeque<Slot>,
+    closed: bool,
+}
+
+impl Pending {
+    fn push(pending: &Mutex<Pending>, slot: Slot) {
+        if let Ok(mut p) = pending.lock() {
+            if p.closed {
+                let _ = slot.send(Err(NotifyError::Unreachable("connection closed".into())));
+            } else {
+                p.slots.push_back(slot);
+            }
+        }
+    }
+}
+
 struct Conn {
     writer: BufWriter<OwnedWriteHalf>,
-    pending: Arc<Mutex<VecDeque<Slot>>>,
+    pending: Arc<Mutex<Pending>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -120,15 +153,16 @@ impl Conn {
     }
 }
 
-fn fail_all(pending: &Mutex<VecDeque<Slot>>, why: &str) {
+fn fail_all(pending: &Mutex<Pending>, why: &str) {
     if let Ok(mut p) = pending.lock() {
-        for slot in p.drain(..) {
+        p.closed = true;
+        for slot in p.slots.drain(..) {
             let _ = slot.send(Err(NotifyError::Unreachable(why.to_string())));
         }
     }
 }
 
-async fn actor(addr: String, mut rx: mpsc::Receiver<Msg>) {
+async fn actor(addr: String, io_timeout: Duration, mut rx: mpsc::Receiver<Msg>) {
     let mut conn: Option<Conn> = None;
     let mut backoff = BACKOFF_MIN;
     let mut retry_at: Option<Instant> = None;
@@ -153,7 +187,7 @@ async fn actor(addr: String, mut rx: mpsc::Receiver<Msg>) {
                 let _ = slot.send(Err(NotifyError::Unreachable("reconnect backoff".into())));
                 continue;
             }
-            match connect(&addr).await {
+            match connect(&addr, io_timeout).await {
                 Ok(c) => {
                     tracing::info!(%addr, "connected to the notify bus");
                     conn = Some(c);
@@ -170,28 +204,35 @@ async fn actor(addr: String, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        if let Ok(mut p) = c.pending.lock() {
-            p.push_back(slot);
-        }
-        let mut result = c.writer.write_all(&line).await;
-        // Pipeline: write whatever else is already waiting before flushing.
-        while result.is_ok() {
-            match rx.try_recv() {
-                Ok(Msg::Send(line, slot)) => {
-                    if let Ok(mut p) = c.pending.lock() {
-                        p.push_back(slot);
+        Pending::push(&c.pending, slot);
+        let write = async {
+            let mut result = c.writer.write_all(&line).await;
+            // Pipeline: write whatever else is already waiting before flushing.
+            while result.is_ok() {
+                match rx.try_recv() {
+                    Ok(Msg::Send(line, slot)) => {
+                        Pending::push(&c.pending, slot);
+                        result = c.writer.write_all(&line).await;
                     }
-                    result = c.writer.write_all(&line).await;
+                    Ok(Msg::Reset) => {
+                        result = Err(std::io::Error::other("reset after a timeout"));
+                    }
+                    Err(_) => break,
                 }
-                Ok(Msg::Reset) => {
-                    result = Err(std::io::Error::other("reset after a timeout"));
-                }
-                Err(_) => break,
             }
-        }
-        if result.is_ok() {
-            result = c.writer.flush().await;
-        }
+            if result.is_ok() {
+                result = c.writer.flush().await;
+            }
+            result
+        };
+        let result = tokio::time::timeout(io_timeout, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the gateway is not reading (write timed out)",
+                ))
+            });
         if let Err(e) = result {
             tracing::warn!(cause = %e, "notify bus write failed");
             if let Some(c) = conn.take() {
@@ -201,36 +242,45 @@ async fn actor(addr: String, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn connect(addr: &str) -> std::io::Result<Conn> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+async fn connect(addr: &str, timeout: Duration) -> std::io::Result<Conn> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     let (mut read, write) = stream.into_split();
-    let pending: Arc<Mutex<VecDeque<Slot>>> = Arc::default();
+    let pending: Arc<Mutex<Pending>> = Arc::default();
     let reader_pending = pending.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(4096);
-        let mut scanned = 0;
-        let mut chunk = [0u8; 4096];
-        loop {
-            while let Some(line) = split_line(&mut buf, &mut scanned, MAX_LINE_BYTES) {
-                let result = match line {
-                    Line::Complete(l) => match Answer::parse(&l) {
-                        Ok(()) => Ok(()),
-                        Err(Some(code)) => Err(NotifyError::Refused(code)),
-                        Err(None) => Err(NotifyError::BadAnswer),
-                    },
-                    Line::TooLong => Err(NotifyError::BadAnswer),
+        let mut lines = LineBuffer::new(READ_CHUNK, MAX_LINE_BYTES);
+        'read: loop {
+            while let Some(line) = lines.next_line() {
+                let (result, fatal) = match line {
+                    LineRef::Complete(l) => (
+                        Answer::parse(l).map_err(|code| match code {
+                            Some(code) => NotifyError::Refused(code),
+                            None => NotifyError::BadAnswer,
+                        }),
+                        false,
+                    ),
+                    // Not a gateway: stop reading this connection at once
+                    // (the partial line is never consumed otherwise).
+                    LineRef::TooLong => (Err(NotifyError::BadAnswer), true),
                 };
-                let slot = reader_pending.lock().ok().and_then(|mut p| p.pop_front());
+                let slot = reader_pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.slots.pop_front());
                 if let Some(slot) = slot {
                     let _ = slot.send(result);
                 }
+                if fatal {
+                    tracing::warn!("notify bus answer longer than {MAX_LINE_BYTES} bytes; closing");
+                    break 'read;
+                }
             }
-            match read.read(&mut chunk).await {
+            match read.read_buf(lines.read_target(READ_CHUNK)).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             }
         }
         fail_all(&reader_pending, "connection closed by the gateway");
@@ -250,6 +300,7 @@ mod tests {
 
     fn req(fd: u32) -> ScanNotify {
         ScanNotify {
+            kind: Default::default(),
             fd,
             nickname: "n".into(),
             openid: None,
@@ -289,12 +340,14 @@ mod tests {
         let mut tasks = Vec::new();
         for fd in 1..=200u32 {
             let c = client.clone();
-            tasks.push(tokio::spawn(async move { (fd, c.notify(&req(fd)).await) }));
+            tasks.push(tokio::spawn(async move {
+                (fd, c.notify(&req(fd), in_secs(1)).await)
+            }));
         }
         for t in tasks {
             let (fd, r) = t.await.unwrap();
             if fd.is_multiple_of(2) {
-                assert_eq!(r, Ok(()));
+                assert_eq!(r, Ok(PageInfo::default()));
             } else {
                 assert_eq!(r, Err(NotifyError::Refused(BusError::NoSuchClient)));
             }
@@ -308,7 +361,7 @@ mod tests {
         drop(listener);
         let client = BusClient::start(addr.to_string(), Duration::from_secs(1));
         assert!(matches!(
-            client.notify(&req(2)).await,
+            client.notify(&req(2), in_secs(1)).await,
             Err(NotifyError::Unreachable(_))
         ));
         let listener = TcpListener::bind(addr).await.unwrap();
@@ -316,7 +369,7 @@ mod tests {
         // Within the backoff the client fails fast; after it, it reconnects.
         let mut ok = false;
         for _ in 0..50 {
-            if client.notify(&req(2)).await.is_ok() {
+            if client.notify(&req(2), in_secs(1)).await.is_ok() {
                 ok = true;
                 break;
             }
@@ -336,6 +389,77 @@ mod tests {
             }
         });
         let client = BusClient::start(addr, Duration::from_millis(200));
-        assert_eq!(client.notify(&req(2)).await, Err(NotifyError::Timeout));
+        assert_eq!(
+            client
+                .notify(&req(2), Instant::now() + Duration::from_millis(200))
+                .await,
+            Err(NotifyError::Timeout)
+        );
+    }
+
+    fn in_secs(n: u64) -> Instant {
+        Instant::now() + Duration::from_secs(n)
+    }
+
+    /// A squatter on the bus port that answers with an endless line: the
+    /// request fails, the client does not spin, and a real gateway that
+    /// takes the port back is used again.
+    #[tokio::test]
+    async fn an_endless_answer_line_fails_the_request_and_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let squatter = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let junk = vec![b'x'; MAX_LINE_BYTES + 4096];
+            let _ = s.write_all(&junk).await;
+            // Keep the connection open, never sending a newline.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let client = BusClient::start(addr.to_string(), Duration::from_secs(1));
+        // BadAnswer when the request was queued before the junk was read,
+        // Unreachable when the reader had already given up; never the
+        // deadline's Timeout.
+        let r = client.notify(&req(2), in_secs(20)).await;
+        assert!(
+            matches!(r, Err(NotifyError::BadAnswer | NotifyError::Unreachable(_))),
+            "{r:?}"
+        );
+        squatter.abort();
+        let _ = squatter.await;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(fake_gateway(listener));
+        let mut ok = false;
+        for _ in 0..60 {
+            if client.notify(&req(2), in_secs(1)).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok, "client did not recover after the squatter");
+    }
+
+    /// A gateway that pauses longer than the old 1 s timeout but answers
+    /// before the deadline: the answer decides.
+    #[tokio::test]
+    async fn a_late_answer_within_the_deadline_counts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                if w.write_all(protocol::bus::OK_LINE).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let client = BusClient::start(addr, Duration::from_secs(1));
+        assert_eq!(
+            client.notify(&req(2), in_secs(4)).await,
+            Ok(PageInfo::default())
+        );
     }
 }

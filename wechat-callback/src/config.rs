@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 use daemon_kit::Secret;
 use daemon_kit::config::bool_flag;
 use protocol::wechat::crypto::AesKey;
@@ -60,7 +60,8 @@ pub struct Config {
     #[arg(long, env = "SCAN_LOGIN_NOTIFY_ADDR", default_value = "127.0.0.1:9999")]
     pub notify_addr: String,
 
-    /// Shared secret sent on every bus line (the gateway's --notify-secret).
+    /// Shared secret sent on every bus line (the gateway's --notify-secret);
+    /// at least 32 bytes.
     #[arg(long, env = "NOTIFY_SECRET", hide_env_values = true)]
     pub notify_secret: Option<Secret>,
 
@@ -69,7 +70,9 @@ pub struct Config {
     pub db: PathBuf,
 
     /// When set, `scan_success` carries a login token: a JWT (HS256) signed
-    /// with this secret, with sub = openid, nickname, iat, exp (5 min), jti.
+    /// with this secret (at least 32 bytes), with sub = openid, nickname,
+    /// iat, exp (5 min), jti, iss, aud (if set) and unionid (if known).
+    /// Unset: pages get an openid nobody can verify (warned at start).
     #[arg(long, env = "LOGIN_TOKEN_SECRET", hide_env_values = true)]
     pub login_token_secret: Option<Secret>,
 
@@ -107,7 +110,10 @@ pub struct Config {
     )]
     pub text_reply: String,
 
-    /// Per-request timeout on the notify bus, in milliseconds (at most 1000).
+    /// Time limit for connecting to the notify bus and for writing a line to
+    /// it, in milliseconds (at most 1000). The answer itself is awaited
+    /// until shortly before the reply deadline, so a briefly paused gateway
+    /// still logs the user in.
     #[arg(long, env = "SCAN_LOGIN_NOTIFY_TIMEOUT_MS", default_value_t = 1000)]
     pub notify_timeout_ms: u64,
 
@@ -124,6 +130,42 @@ pub struct Config {
     /// Most HTTP connections open at once.
     #[arg(long, env = "SCAN_LOGIN_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// The console's message encryption mode (明文 plain / 兼容 compatible /
+    /// 安全 safe). `safe` accepts only encrypted POSTs: a plaintext POST's
+    /// signature does not cover its body, so anyone who saw one callback URL
+    /// could forge events with it. Default: `safe` when --encoding-aes-key
+    /// is set, else `plain`.
+    #[arg(long, env = "SCAN_LOGIN_MESSAGE_MODE", value_enum)]
+    pub message_mode: Option<MessageMode>,
+
+    /// Confirm on the phone: a scan does not log in at once; the user is
+    /// asked (with the browser's device and IP) to reply `1` within 60 s.
+    /// Guards against login pages shown to a victim by someone else.
+    #[arg(long, env = "SCAN_LOGIN_CONFIRM_LOGIN", action = ArgAction::SetTrue, value_parser = bool_flag())]
+    pub confirm_login: bool,
+
+    /// Reply asking the user to confirm (with --confirm-login). `{name}`,
+    /// `{device}` (browser and OS of the login page) and `{ip}` are replaced.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_CONFIRM_TEMPLATE",
+        default_value = "{name}, log in on {device} from {ip}? Reply 1 within 60 seconds to confirm."
+    )]
+    pub confirm_template: String,
+
+    /// The login token's `iss` claim.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_LOGIN_TOKEN_ISSUER",
+        default_value = "wechat-scan-login"
+    )]
+    pub login_token_issuer: String,
+
+    /// The login token's `aud` claim (absent when unset), e.g. your site's
+    /// origin; your backend then checks it.
+    #[arg(long, env = "SCAN_LOGIN_LOGIN_TOKEN_AUDIENCE")]
+    pub login_token_audience: Option<String>,
 
     /// Check the settings (and that the database opens), then exit 0, or
     /// print what is wrong and exit 1. For systemd's ExecStartPre=.
@@ -150,6 +192,51 @@ pub enum ConfigError {
     BadDeadline,
     #[error("--reply-template must not be empty")]
     EmptyTemplate,
+    #[error(
+        "--message-mode {0} needs --encoding-aes-key (or WECHAT_ENCODING_AES_KEY): \
+         encrypted messages cannot be opened without it"
+    )]
+    ModeNeedsKey(&'static str),
+    #[error(
+        "--{0} must be at least {MIN_SECRET_BYTES} bytes (an HS256 key or a bus \
+         secret this short can be guessed offline); generate one with \
+         `openssl rand -hex 32`"
+    )]
+    ShortSecret(&'static str),
+    #[error("--confirm-template: {0}")]
+    BadConfirmTemplate(String),
+}
+
+/// The shortest `--notify-secret` or `--login-token-secret` accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Which POSTs are accepted (the WeChat console's message mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MessageMode {
+    /// 明文: plaintext POSTs; an encrypted one is opened only with a key.
+    Plain,
+    /// 兼容: both; a reply is encrypted exactly when its request was.
+    Compatible,
+    /// 安全: only encrypted POSTs with a valid `msg_signature`.
+    Safe,
+}
+
+impl MessageMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            MessageMode::Plain => "plain",
+            MessageMode::Compatible => "compatible",
+            MessageMode::Safe => "safe",
+        }
+    }
+}
+
+/// A secret that must be long enough when set.
+fn long_secret(s: &Option<Secret>, flag: &'static str) -> Result<Option<Secret>, ConfigError> {
+    match s.clone().filter(|s| !s.is_empty()) {
+        Some(s) if s.expose().len() < MIN_SECRET_BYTES => Err(ConfigError::ShortSecret(flag)),
+        other => Ok(other),
+    }
 }
 
 /// Settings checked and turned into what the server uses.
@@ -172,6 +259,11 @@ pub struct Settings {
     pub user_info_timeout: Duration,
     pub reply_deadline: Duration,
     pub max_connections: usize,
+    pub message_mode: MessageMode,
+    pub confirm_login: bool,
+    pub confirm_template: String,
+    pub login_token_issuer: String,
+    pub login_token_audience: Option<String>,
 }
 
 impl Config {
@@ -220,6 +312,18 @@ impl Config {
         if self.reply_template.trim().is_empty() {
             return Err(ConfigError::EmptyTemplate);
         }
+        let message_mode = match self.message_mode {
+            Some(m) => m,
+            None if aes_key.is_some() => MessageMode::Safe,
+            None => MessageMode::Plain,
+        };
+        if message_mode != MessageMode::Plain && aes_key.is_none() {
+            return Err(ConfigError::ModeNeedsKey(message_mode.name()));
+        }
+        crate::text::check_template(&self.confirm_template, &["name", "device", "ip"])
+            .map_err(ConfigError::BadConfirmTemplate)?;
+        let notify_secret = long_secret(&self.notify_secret, "notify-secret")?;
+        let login_token_secret = long_secret(&self.login_token_secret, "login-token-secret")?;
         Ok(Settings {
             token,
             aes_key,
@@ -227,9 +331,9 @@ impl Config {
             app_id,
             api,
             notify_addr: self.notify_addr.clone(),
-            notify_secret: self.notify_secret.clone().filter(|s| !s.is_empty()),
+            notify_secret,
             db: self.db.clone(),
-            login_token_secret: self.login_token_secret.clone().filter(|s| !s.is_empty()),
+            login_token_secret,
             timestamp_tolerance: Duration::from_secs(self.timestamp_tolerance_seconds),
             reply_template: self.reply_template.clone(),
             retry_template: self.retry_template.clone(),
@@ -238,6 +342,11 @@ impl Config {
             user_info_timeout: Duration::from_millis(self.user_info_timeout_ms),
             reply_deadline: Duration::from_millis(self.reply_deadline_ms),
             max_connections: self.max_connections.max(1),
+            message_mode,
+            confirm_login: self.confirm_login,
+            confirm_template: self.confirm_template.clone(),
+            login_token_issuer: self.login_token_issuer.clone(),
+            login_token_audience: self.login_token_audience.clone().filter(|a| !a.is_empty()),
         })
     }
 }

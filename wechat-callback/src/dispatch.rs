@@ -2,115 +2,149 @@
 //!
 //! Each delivery is keyed by [`Message::dedupe_key`]. The first delivery
 //! claims the key in the store and a resolver task does the work; a retry
-//! in this process joins the same resolver's result, and a retry at another
-//! instance finds the claim in the shared database and polls it until the
-//! reply is stored. Requests wait at most the reply deadline; after it the
-//! answer is `success` and the work still completes.
+//! in this process joins the same resolver ([`SingleFlight`]), and a retry
+//! at another instance finds the claim in the shared database and polls it
+//! until the reply is stored. Requests wait at most the reply deadline;
+//! what they answer then depends on how far the work got ([`Progress`]):
+//! nothing done yet (the store is slow or locked) is answered 503, so
+//! WeChat retries; work under way is answered `success` and completes.
+//!
+//! Logins: a QR scan looks the user up and tells the gateway (`scan`), or,
+//! with `--confirm-login`, tells the page it was scanned (`scanned`) and
+//! keeps a pending login in the store until the same user replies `1`.
 //!
 //! **Invariant:** a login is counted (and the gateway notified) only by the
-//! handler that claimed the event.
+//! handler that claimed the event, and only after the gateway answered
+//! `ok` (the page has the frame).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::bus::ScanNotify;
+use protocol::bus::{NotifyKind, ScanNotify};
 use protocol::wechat::xml::{Event, Message, MessageKind, QrScan};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
+use wechat_api::UserInfo;
 
 use crate::App;
 use crate::bus_client::NotifyError;
-use crate::store::{Claim, StoreError, UserRecord};
-use crate::text::{display_name, render};
+use crate::envelope::Reply;
+use crate::single_flight::Joined;
+use crate::store::{Claim, PendingLogin, StoreError, Taken, UserRecord};
+use crate::text::{device_summary, display_name, fill, render};
 
 /// How often a retry polls an event another instance is handling.
 const POLL: Duration = Duration::from_millis(50);
 /// How long a resolver waits for another instance before giving up.
 const POLL_LIMIT: Duration = Duration::from_secs(40);
+/// Kept between the bus answer's deadline and the reply deadline, so the
+/// reply can still be built and sent once the answer is in.
+const REPLY_MARGIN: Duration = Duration::from_millis(250);
+/// How long a scanned login waits for the user's `1`.
+pub const CONFIRM_WINDOW_SECS: i64 = 60;
+/// Attempts at recording a login the page already has.
+const RECORD_ATTEMPTS: u32 = 3;
 
-/// The reply content of a handled event (`None` = `success`), or nothing
-/// yet.
-type Outcome = Option<Option<String>>;
+/// Reply to a `1` with nothing pending (or too late).
+pub const NOTHING_TO_CONFIRM: &str =
+    "There is no login to confirm (it may have expired). Scan the QR code on the login page again.";
+/// Reply to another text while a login was pending.
+pub const LOGIN_CANCELLED: &str = "Login cancelled. Scan the QR code again if you want to log in.";
 
-/// Events being resolved in this process.
-#[derive(Default)]
-pub struct Inflight {
-    map: Mutex<HashMap<String, watch::Receiver<Outcome>>>,
+/// The store could not be read or written: answer 503 so WeChat retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("store unavailable")]
+pub struct Unavailable;
+
+/// How far the resolver of an event has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Claiming the event in the store: nothing has happened yet.
+    Claiming,
+    /// The work is under way (or another instance has it).
+    Working,
+    Done(Result<Reply, Unavailable>),
 }
 
-/// Resolves `message` and returns its reply content, or `None` (answer
-/// `success`) when the deadline passes first.
-pub async fn respond(app: &Arc<App>, message: Message) -> Option<String> {
+/// Events being resolved in this process.
+pub type Inflight = crate::single_flight::SingleFlight<String, Progress>;
+
+/// Resolves `message` and returns its reply: the work's own, or
+/// [`Reply::Success`] when the deadline passes with the work under way,
+/// or [`Unavailable`] when the store fails or never let the work start.
+pub async fn respond(app: &Arc<App>, message: Message) -> Result<Reply, Unavailable> {
     let key = message.dedupe_key();
-    let mut rx = {
-        let mut map = match app.inflight.map.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        match map.get(&key) {
-            Some(rx) => {
-                app.metrics.retries_answered.inc();
-                rx.clone()
-            }
-            None => {
-                let (tx, rx) = watch::channel(None);
-                map.insert(key.clone(), rx.clone());
-                let app2 = app.clone();
-                app.tasks.spawn(async move {
-                    let outcome = resolve(&app2, &key, message).await;
-                    let _ = tx.send(Some(outcome));
-                    if let Ok(mut m) = app2.inflight.map.lock() {
-                        m.remove(&key);
-                    }
-                });
-                rx
-            }
+    let mut rx = match app.inflight.join(&key, Progress::Claiming) {
+        Joined::Follower(rx) => {
+            app.metrics.retries_answered.inc();
+            rx
+        }
+        Joined::Leader(tx, rx) => {
+            let app2 = app.clone();
+            app.tasks.spawn(async move {
+                let outcome = resolve(&app2, &key, message, &tx).await;
+                tx.send_replace(Progress::Done(outcome));
+                app2.inflight.finish(&key);
+            });
+            rx
         }
     };
-    let waited =
-        tokio::time::timeout(app.settings.reply_deadline, rx.wait_for(Option::is_some)).await;
+    let done = |p: &Progress| matches!(p, Progress::Done(_));
+    let waited = tokio::time::timeout(app.settings.reply_deadline, rx.wait_for(done))
+        .await
+        .map(|r| r.map(|p| p.clone()));
     match waited {
-        Ok(Ok(outcome)) => outcome.clone().flatten(),
-        Ok(Err(_)) => None,
+        Ok(Ok(Progress::Done(outcome))) => outcome,
+        Ok(_) => Err(Unavailable),
         Err(_) => {
+            if *rx.borrow() == Progress::Claiming {
+                app.metrics.store_errors.inc();
+                warn!("store too slow to claim the event; answering 503 so WeChat retries");
+                return Err(Unavailable);
+            }
             app.metrics.deadline_success.inc();
             warn!("reply deadline passed; answering success while the work completes");
-            None
+            Ok(Reply::Success)
         }
     }
 }
 
-async fn resolve(app: &Arc<App>, key: &str, message: Message) -> Option<String> {
-    let started = tokio::time::Instant::now();
+async fn resolve(
+    app: &Arc<App>,
+    key: &str,
+    message: Message,
+    progress: &watch::Sender<Progress>,
+) -> Result<Reply, Unavailable> {
+    let started = Instant::now();
+    let deadline = started + app.settings.reply_deadline.saturating_sub(REPLY_MARGIN);
     loop {
         match app.store.claim(key.to_string()).await {
             Ok(Claim::Claimed) => {
-                return match handle(app, key, &message).await {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        app.metrics.store_errors.inc();
-                        warn!(cause = %e, "store error while handling a callback");
-                        None
-                    }
-                };
+                progress.send_replace(Progress::Working);
+                return handle(app, key, &message, deadline).await.map_err(|e| {
+                    app.metrics.store_errors.inc();
+                    warn!(cause = %e, "store error while handling a callback; answering 503");
+                    Unavailable
+                });
             }
             Ok(Claim::Done(reply)) => {
                 app.metrics.retries_answered.inc();
                 info!(key, "retried delivery answered from the store");
-                return reply;
+                return Ok(reply);
             }
             Ok(Claim::Pending) => {
+                progress.send_replace(Progress::Working);
                 if started.elapsed() > POLL_LIMIT {
                     warn!(key, "another handler never finished this event");
-                    return None;
+                    return Ok(Reply::Success);
                 }
                 tokio::time::sleep(POLL).await;
             }
             Err(e) => {
                 app.metrics.store_errors.inc();
-                warn!(cause = %e, "store unavailable; handling without dedupe is refused");
-                return None;
+                warn!(cause = %e, "store unavailable; answering 503 so WeChat retries");
+                return Err(Unavailable);
             }
         }
     }
@@ -121,136 +155,280 @@ async fn handle(
     app: &Arc<App>,
     key: &str,
     message: &Message,
-) -> Result<Option<String>, StoreError> {
+    deadline: Instant,
+) -> Result<Reply, StoreError> {
     if let Some(scan) = message.qr_scan() {
-        return Ok(Some(login(app, key, message, scan).await?));
+        return on_scan(app, key, message, scan, deadline).await;
     }
     let reply = match &message.kind {
         MessageKind::Event(Event::Unsubscribe) => {
             app.store.unsubscribe(message.from_user.clone()).await?;
-            None
+            Reply::Success
         }
-        MessageKind::Text { .. } if !app.settings.text_reply.is_empty() => {
-            Some(app.settings.text_reply.clone())
+        MessageKind::Text { content } if app.settings.confirm_login => {
+            match on_text_while_confirming(app, key, message, content, deadline).await? {
+                Some(reply) => return Ok(reply),
+                None => default_text_reply(app),
+            }
         }
-        _ => None,
+        MessageKind::Text { .. } => default_text_reply(app),
+        _ => Reply::Success,
     };
     app.store.finish(key.to_string(), reply.clone()).await?;
     Ok(reply)
 }
 
-/// A QR scan: look the user up, tell the gateway, count the login.
-async fn login(
+fn default_text_reply(app: &App) -> Reply {
+    if app.settings.text_reply.is_empty() {
+        Reply::Success
+    } else {
+        Reply::Text(app.settings.text_reply.clone())
+    }
+}
+
+/// A text from a user with `--confirm-login`: `1` confirms their pending
+/// login, anything else cancels it. `None`: nothing was pending and the
+/// text is an ordinary message. A confirmed login stores its own reply.
+async fn on_text_while_confirming(
+    app: &Arc<App>,
+    key: &str,
+    message: &Message,
+    content: &str,
+    deadline: Instant,
+) -> Result<Option<Reply>, StoreError> {
+    let confirming = content.trim() == "1";
+    let taken = app.store.take_pending(message.from_user.clone()).await?;
+    let reply = match (confirming, taken) {
+        (true, Taken::Live(p)) => {
+            let user = UserRecord {
+                openid: p.openid.clone(),
+                unionid: p.unionid.clone(),
+                display_name: p.display_name.clone(),
+            };
+            let reply = complete_login(app, key, p.fd, p.ticket, user, deadline).await?;
+            return Ok(Some(reply));
+        }
+        (true, Taken::Expired | Taken::None) => Reply::Text(NOTHING_TO_CONFIRM.to_string()),
+        (false, Taken::Live(p)) => {
+            info!(fd = p.fd, openid = %p.openid, "pending login cancelled by the user");
+            Reply::Text(LOGIN_CANCELLED.to_string())
+        }
+        (false, Taken::Expired | Taken::None) => return Ok(None),
+    };
+    Ok(Some(reply))
+}
+
+/// Looks the user up, within its time budget (a fallback name otherwise).
+async fn look_up(app: &App, openid: &str) -> Option<UserInfo> {
+    let api = app.api.as_ref()?;
+    match tokio::time::timeout(app.settings.user_info_timeout, api.user_info(openid)).await {
+        Ok(Ok(info)) => Some(info),
+        Ok(Err(e)) => {
+            warn!(cause = %e, "user/info failed; using the fallback name");
+            app.metrics.user_info_fallback.inc();
+            None
+        }
+        Err(_) => {
+            warn!("user/info too slow; using the fallback name");
+            app.metrics.user_info_fallback.inc();
+            None
+        }
+    }
+}
+
+/// A QR scan: log in at once, or with `--confirm-login` ask first.
+async fn on_scan(
     app: &Arc<App>,
     key: &str,
     message: &Message,
     scan: QrScan,
-) -> Result<String, StoreError> {
+    deadline: Instant,
+) -> Result<Reply, StoreError> {
     let openid = message.from_user.as_str();
-    let info = match &app.api {
-        Some(api) => {
-            match tokio::time::timeout(app.settings.user_info_timeout, api.user_info(openid)).await
-            {
-                Ok(Ok(info)) => Some(info),
-                Ok(Err(e)) => {
-                    warn!(cause = %e, "user/info failed; using the fallback name");
-                    app.metrics.user_info_fallback.inc();
-                    None
-                }
-                Err(_) => {
-                    warn!("user/info too slow; using the fallback name");
-                    app.metrics.user_info_fallback.inc();
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let name = display_name(
-        info.as_ref().and_then(|i| i.nickname.as_deref()),
-        info.as_ref().and_then(|i| i.remark.as_deref()),
-        openid,
-    );
+    let info = look_up(app, openid).await;
     let user = UserRecord {
         openid: openid.to_string(),
         unionid: info
             .as_ref()
             .and_then(|i| i.unionid.clone())
             .filter(|u| !u.is_empty()),
-        display_name: name.clone(),
+        display_name: display_name(
+            info.as_ref().and_then(|i| i.nickname.as_deref()),
+            info.as_ref().and_then(|i| i.remark.as_deref()),
+            openid,
+        ),
     };
-    let token = app
-        .signer
+    if !app.settings.confirm_login {
+        return complete_login(app, key, scan.scene, scan.ticket, user, deadline).await;
+    }
+    let request = ScanNotify {
+        kind: NotifyKind::Scanned,
+        fd: scan.scene,
+        nickname: user.display_name.clone(),
+        openid: None,
+        token: None,
+        ticket: scan.ticket.clone(),
+        secret: bus_secret(app),
+    };
+    match notify(app, &request, deadline).await {
+        Ok(page) => {
+            app.store
+                .put_pending(PendingLogin {
+                    openid: user.openid.clone(),
+                    fd: scan.scene,
+                    ticket: scan.ticket,
+                    display_name: user.display_name.clone(),
+                    unionid: user.unionid.clone(),
+                    expires_at: crate::now_secs() + CONFIRM_WINDOW_SECS,
+                })
+                .await?;
+            let device = device_summary(page.user_agent.as_deref().unwrap_or(""));
+            let ip = page.ip.unwrap_or_else(|| "an unknown address".into());
+            let reply = Reply::Text(fill(
+                &app.settings.confirm_template,
+                &[
+                    ("name", &user.display_name),
+                    ("device", &device),
+                    ("ip", &ip),
+                ],
+            ));
+            info!(fd = scan.scene, openid, %ip, %device, "scan awaiting confirmation on the phone");
+            app.store.touch_user(user).await?;
+            app.store.finish(key.to_string(), reply.clone()).await?;
+            Ok(reply)
+        }
+        Err(e) => not_told(app, key, scan.scene, user, e).await,
+    }
+}
+
+fn bus_secret(app: &App) -> Option<String> {
+    app.settings
+        .notify_secret
         .as_ref()
-        .and_then(|s| match s.sign(openid, &name, crate::now_secs()) {
+        .map(|s| s.expose().to_string())
+}
+
+/// Sends one bus line and waits for its answer until the reply deadline
+/// (less a margin to send the reply), or `--notify-timeout-ms` when the
+/// deadline is already that close: past the reply deadline WeChat has
+/// been answered `success`, which tells the user nothing, so the answer
+/// still decides the count and the stored reply without contradiction.
+async fn notify(
+    app: &App,
+    request: &ScanNotify,
+    deadline: Instant,
+) -> Result<protocol::bus::PageInfo, NotifyError> {
+    let t0 = Instant::now();
+    let deadline = deadline.max(t0 + app.settings.notify_timeout);
+    let sent = app.bus.notify(request, deadline).await;
+    app.metrics.notify_latency.observe(t0.elapsed());
+    sent
+}
+
+/// Tells the page it is logged in and, once it has the frame, counts the
+/// login and stores the reply.
+async fn complete_login(
+    app: &Arc<App>,
+    key: &str,
+    fd: u32,
+    ticket: Option<String>,
+    user: UserRecord,
+    deadline: Instant,
+) -> Result<Reply, StoreError> {
+    let started = Instant::now();
+    let name = user.display_name.clone();
+    let token = app.signer.as_ref().and_then(|s| {
+        match s.sign(
+            &user.openid,
+            &name,
+            user.unionid.as_deref(),
+            crate::now_secs(),
+        ) {
             Ok(t) => Some(t),
             Err(e) => {
                 warn!(cause = %e, "cannot sign the login token");
                 None
             }
-        });
-    let notify = ScanNotify {
-        fd: scan.scene,
-        nickname: name.clone(),
-        openid: Some(openid.to_string()),
-        token,
-        ticket: scan.ticket,
-        secret: app
-            .settings
-            .notify_secret
-            .as_ref()
-            .map(|s| s.expose().to_string()),
-    };
-    let t0 = tokio::time::Instant::now();
-    let sent = app.bus.notify(&notify).await;
-    app.metrics.notify_latency.observe(t0.elapsed());
-    match sent {
-        Ok(()) => {
-            let template = app.settings.reply_template.clone();
-            let render_name = name.clone();
-            match app
-                .store
-                .record_login(key.to_string(), user, move |count| {
-                    render(&template, &render_name, count)
-                })
-                .await
-            {
-                Ok((count, reply)) => {
-                    app.metrics.logins.inc();
-                    info!(fd = scan.scene, count, "login");
-                    Ok(reply)
-                }
-                Err(e) => {
-                    // The page is already logged in; say so even though the
-                    // count could not be stored.
-                    app.metrics.store_errors.inc();
-                    warn!(cause = %e, fd = scan.scene, "login delivered but not recorded");
-                    Ok(format!("{name}, login successful!"))
-                }
-            }
         }
-        Err(e) => {
-            match &e {
-                NotifyError::Refused(_) | NotifyError::BadAnswer => {
-                    app.metrics.notify_refused.inc()
-                }
-                NotifyError::Unreachable(_) => app.metrics.notify_unreachable.inc(),
-                NotifyError::Timeout => app.metrics.notify_timeout.inc(),
+    });
+    let request = ScanNotify {
+        kind: NotifyKind::Scan,
+        fd,
+        nickname: name.clone(),
+        openid: Some(user.openid.clone()),
+        token,
+        ticket,
+        secret: bus_secret(app),
+    };
+    if let Err(e) = notify(app, &request, deadline).await {
+        return not_told(app, key, fd, user, e).await;
+    }
+    let openid = user.openid.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let template = app.settings.reply_template.clone();
+        let render_name = name.clone();
+        match app
+            .store
+            .record_login(key.to_string(), user.clone(), move |count| {
+                render(&template, &render_name, count)
+            })
+            .await
+        {
+            Ok((count, reply)) => {
+                app.metrics.logins.inc();
+                info!(
+                    fd,
+                    openid = %openid,
+                    count,
+                    outcome = "logged_in",
+                    ms = started.elapsed().as_millis() as u64,
+                    "login"
+                );
+                return Ok(Reply::Text(reply));
             }
-            app.metrics.logins_not_counted.inc();
-            warn!(
-                fd = scan.scene,
-                reason = e.label(),
-                "login page not told; asking the user to scan again"
-            );
-            let reply = render(&app.settings.retry_template, &name, 0);
-            if let Err(e) = app.store.touch_user(user).await {
-                warn!(cause = %e, "cannot record the user");
+            Err(e) if attempt < RECORD_ATTEMPTS => {
+                warn!(cause = %e, fd, attempt, "cannot record a delivered login; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            app.store
-                .finish(key.to_string(), Some(reply.clone()))
-                .await?;
-            Ok(reply)
+            Err(e) => {
+                // The page already has its login: say so, even though the
+                // count could not be stored.
+                app.metrics.store_errors.inc();
+                tracing::error!(cause = %e, fd, openid = %openid, "login delivered but not recorded");
+                return Ok(Reply::Text(format!("{name}, login successful!")));
+            }
         }
     }
+}
+
+/// The gateway did not confirm the push: the page does not have it, so
+/// nothing is counted and the user is asked to scan again.
+async fn not_told(
+    app: &Arc<App>,
+    key: &str,
+    fd: u32,
+    user: UserRecord,
+    e: NotifyError,
+) -> Result<Reply, StoreError> {
+    match &e {
+        NotifyError::Refused(_) | NotifyError::BadAnswer => app.metrics.notify_refused.inc(),
+        NotifyError::Unreachable(_) => app.metrics.notify_unreachable.inc(),
+        NotifyError::Timeout => app.metrics.notify_timeout.inc(),
+    }
+    app.metrics.logins_not_counted.inc();
+    warn!(
+        fd,
+        openid = %user.openid,
+        reason = e.label(),
+        outcome = "not_counted",
+        "login page not told; asking the user to scan again"
+    );
+    let reply = Reply::Text(render(&app.settings.retry_template, &user.display_name, 0));
+    if let Err(e) = app.store.touch_user(user).await {
+        warn!(cause = %e, "cannot record the user");
+    }
+    app.store.finish(key.to_string(), reply.clone()).await?;
+    Ok(reply)
 }

@@ -3,29 +3,38 @@
 //! Checks, in the contract's order (the body size is enforced while
 //! reading it, before this runs): `signature` over token/timestamp/nonce
 //! and the timestamp's age (403), then the XML (400; any DOCTYPE refused by
-//! the parser), then, for `encrypt_type=aes`, `msg_signature` over the
-//! `Encrypt` field (403) and decryption with the current key, else the
-//! previous one, with the appid checked (400).
+//! the parser), then the message mode: in `safe` mode a plaintext POST is
+//! refused (403: its `signature` does not cover the body, so whoever saw
+//! one callback URL could sign a body of their own with it); for
+//! `encrypt_type=aes`, `msg_signature` over the `Encrypt` field (403) and
+//! decryption (`envelope::open`, 400). The replay rule (same signature,
+//! other body) needs the store and is applied by the handler with
+//! [`Inbound::replay_key`].
 //!
 //! **Invariant:** nothing is recorded, sent or replied for a request that
 //! did not pass every check here.
 
-use protocol::wechat::crypto::AesKey;
-use protocol::wechat::reply::{encrypted_envelope, text_reply};
 use protocol::wechat::signature;
 use protocol::wechat::xml::{EncryptedEnvelope, Fields, Message, XmlError};
 
-use crate::config::Settings;
+use crate::config::{MessageMode, Settings};
+use crate::envelope::{self, Wrap};
 
 /// Why a callback was refused; [`Rejection::status`] maps it to HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("body larger than 1 MiB")]
     TooLarge,
-    #[error("missing or invalid signature")]
-    BadSignature,
+    #[error("body not received in time")]
+    BodyTimeout,
+    #[error("signature check failed: {0}")]
+    BadSignature(&'static str),
     #[error("timestamp outside the allowed window")]
     StaleTimestamp,
+    #[error("plaintext message refused: --message-mode is safe")]
+    PlaintextRefused,
+    #[error("signature already used with another body (replay)")]
+    Replay,
     #[error("invalid XML: {0}")]
     BadXml(String),
     #[error("cannot decrypt: {0}")]
@@ -37,7 +46,11 @@ impl Rejection {
         use hyper::StatusCode;
         match self {
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::BadSignature | Rejection::StaleTimestamp => StatusCode::FORBIDDEN,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BadSignature(_)
+            | Rejection::StaleTimestamp
+            | Rejection::PlaintextRefused
+            | Rejection::Replay => StatusCode::FORBIDDEN,
             Rejection::BadXml(_) | Rejection::Decrypt(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -49,14 +62,6 @@ impl From<XmlError> for Rejection {
     }
 }
 
-/// How the reply must be wrapped: plain, or encrypted with the key (and for
-/// the appid) that opened the request.
-#[derive(Debug, Clone)]
-pub enum Wrap {
-    Plain,
-    Encrypted { key: AesKey, appid: String },
-}
-
 /// A verified callback.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -64,6 +69,10 @@ pub struct Inbound {
     pub wrap: Wrap,
     /// True when only `--encoding-aes-key-previous` opened it.
     pub used_previous_key: bool,
+    /// The signature that vouched for the request (`msg_signature` when
+    /// encrypted, `signature` otherwise): a second request with it and
+    /// another body is a replay.
+    pub replay_key: String,
 }
 
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -81,12 +90,16 @@ pub fn check_signature(settings: &Settings, query: &[(String, String)]) -> Resul
         param(query, "timestamp"),
         param(query, "nonce"),
     ) else {
-        return Err(Rejection::BadSignature);
+        return Err(Rejection::BadSignature(
+            "signature, timestamp or nonce missing",
+        ));
     };
     if signature::verify(settings.token.expose(), ts, nonce, sig) {
         Ok(())
     } else {
-        Err(Rejection::BadSignature)
+        Err(Rejection::BadSignature(
+            "signature does not match (is the Token the one set in the console?)",
+        ))
     }
 }
 
@@ -107,25 +120,20 @@ pub fn verify_post(
     let fields = Fields::parse(body)?;
     let encrypted = param(query, "encrypt_type").is_some_and(|t| t.eq_ignore_ascii_case("aes"));
     if !encrypted {
+        if settings.message_mode == MessageMode::Safe {
+            return Err(Rejection::PlaintextRefused);
+        }
         return Ok(Inbound {
             message: Message::from_fields(&fields)?,
             wrap: Wrap::Plain,
             used_previous_key: false,
+            replay_key: param(query, "signature").unwrap_or_default().to_string(),
         });
     }
     let Some(current) = &settings.aes_key else {
-        // Compatible mode without a key configured here: the plaintext
-        // fields are in the body too, and a plain reply is accepted.
-        return match Message::from_fields(&fields) {
-            Ok(message) => Ok(Inbound {
-                message,
-                wrap: Wrap::Plain,
-                used_previous_key: false,
-            }),
-            Err(_) => Err(Rejection::Decrypt(
-                "encrypted message but no --encoding-aes-key is set".into(),
-            )),
-        };
+        return Err(Rejection::Decrypt(
+            "encrypted message but no --encoding-aes-key is set".into(),
+        ));
     };
     let envelope = EncryptedEnvelope::from_fields(&fields)
         .ok_or_else(|| Rejection::BadXml("encrypt_type=aes but no Encrypt field".into()))?;
@@ -134,7 +142,7 @@ pub fn verify_post(
         param(query, "timestamp"),
         param(query, "nonce"),
     ) else {
-        return Err(Rejection::BadSignature);
+        return Err(Rejection::BadSignature("msg_signature missing"));
     };
     if !signature::verify_msg(
         settings.token.expose(),
@@ -143,59 +151,15 @@ pub fn verify_post(
         &envelope.encrypt,
         msg_sig,
     ) {
-        return Err(Rejection::BadSignature);
+        return Err(Rejection::BadSignature("msg_signature does not match"));
     }
-    let open = |key: &AesKey| -> Result<(Vec<u8>, String), String> {
-        let d = key.decrypt(&envelope.encrypt).map_err(|e| e.to_string())?;
-        if let Some(app_id) = &settings.app_id
-            && &d.appid != app_id
-        {
-            return Err("appid does not match --app-id".into());
-        }
-        Ok((d.message, d.appid))
-    };
-    let (plain, appid, key, used_previous_key) = match open(current) {
-        Ok((m, a)) => (m, a, current.clone(), false),
-        Err(first) => match &settings.aes_key_previous {
-            Some(prev) => match open(prev) {
-                Ok((m, a)) => (m, a, prev.clone(), true),
-                Err(_) => return Err(Rejection::Decrypt(first)),
-            },
-            None => return Err(Rejection::Decrypt(first)),
-        },
-    };
-    let message = Message::parse(&plain)?;
+    let opened =
+        envelope::open(settings, current, &envelope.encrypt).map_err(Rejection::Decrypt)?;
+    let message = Message::parse(&opened.plain)?;
     Ok(Inbound {
         message,
-        wrap: Wrap::Encrypted { key, appid },
-        used_previous_key,
+        wrap: opened.wrap,
+        used_previous_key: opened.used_previous_key,
+        replay_key: msg_sig.to_string(),
     })
-}
-
-/// The HTTP body answering `inbound`: `success` when there is nothing to
-/// say, else a text reply, encrypted exactly when the request was.
-pub fn reply_body(
-    settings: &Settings,
-    inbound: &Inbound,
-    content: Option<&str>,
-    now: i64,
-) -> String {
-    let Some(content) = content else {
-        return "success".to_string();
-    };
-    let m = &inbound.message;
-    let xml = text_reply(&m.from_user, &m.to_user, now, content);
-    match &inbound.wrap {
-        Wrap::Plain => xml,
-        Wrap::Encrypted { key, appid } => {
-            let random: [u8; 16] = rand::random::<[u8; 16]>()
-                .map(|b| b"abcdefghijklmnopqrstuvwxyz0123456789"[usize::from(b) % 36]);
-            let encrypt = key.encrypt(xml.as_bytes(), appid, &random);
-            let timestamp = now.to_string();
-            let nonce = rand::random::<u32>().to_string();
-            let sig =
-                signature::msg_signature(settings.token.expose(), &timestamp, &nonce, &encrypt);
-            encrypted_envelope(&encrypt, &sig, &timestamp, &nonce)
-        }
-    }
 }

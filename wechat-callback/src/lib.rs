@@ -2,18 +2,21 @@
 //! a login QR code.
 //!
 //! Modules: [`config`] (settings), [`handler`] (HTTP routing), [`inbound`]
-//! (signature, timestamp, XML, decryption), [`dispatch`] (dedupe and the
-//! login flow), [`store`] (SQLite), [`bus_client`] (notify ws-gateway),
-//! [`text`] (names and reply templates), [`login_token`] (JWT),
-//! [`metrics`].
+//! (signature, timestamp, message mode, XML), [`envelope`] (safe-mode
+//! decryption and reply sealing), [`dispatch`] (dedupe, the login and
+//! confirm flows), [`single_flight`] (retries joining work in flight),
+//! [`store`] (SQLite), [`bus_client`] (notify ws-gateway), [`text`] (names
+//! and reply templates), [`login_token`] (JWT), [`metrics`].
 
 pub mod bus_client;
 pub mod config;
 pub mod dispatch;
+pub mod envelope;
 pub mod handler;
 pub mod inbound;
 pub mod login_token;
 pub mod metrics;
+pub mod single_flight;
 pub mod store;
 pub mod text;
 
@@ -62,10 +65,13 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         .clone()
         .map(wechat_api::WeChatApi::new)
         .transpose()?;
-    let signer = settings
-        .login_token_secret
-        .as_ref()
-        .map(|s| login_token::TokenSigner::new(s.expose()));
+    let signer = settings.login_token_secret.as_ref().map(|s| {
+        login_token::TokenSigner::new(
+            s.expose(),
+            &settings.login_token_issuer,
+            settings.login_token_audience.as_deref(),
+        )
+    });
     let bus = bus_client::BusClient::start(settings.notify_addr.clone(), settings.notify_timeout);
     Ok(Arc::new(App {
         settings,
@@ -77,6 +83,12 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         inflight: dispatch::Inflight::default(),
         tasks: TaskTracker::new(),
     }))
+}
+
+/// How long a request signature is remembered: a timestamp may be off by
+/// the tolerance either way, so a signature stays usable for twice that.
+fn signature_retention(settings: &Settings) -> Duration {
+    settings.timestamp_tolerance * 2 + Duration::from_secs(60)
 }
 
 /// Serves on `listener` until `shutdown`, then lets work in flight finish.
@@ -94,7 +106,7 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => match app.store.prune().await {
+                    _ = tick.tick() => match app.store.prune(signature_retention(&app.settings)).await {
                         Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(cause = %e, "prune failed"),
@@ -104,12 +116,21 @@ pub async fn run(
         })
     };
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr()?,
         notify = %app.settings.notify_addr,
         db = %app.settings.db.display(),
-        safe_mode = app.settings.aes_key.is_some(),
+        app_id = app.settings.app_id.as_deref().unwrap_or(""),
+        message_mode = app.settings.message_mode.name(),
+        confirm_login = app.settings.confirm_login,
         "wechat-callback listening"
     );
+    if app.signer.is_none() {
+        tracing::warn!(
+            "--login-token-secret is not set: pages receive the user's openid without a \
+             login token, and your backend has nothing it can verify"
+        );
+    }
     daemon_kit::systemd::ready(&shutdown);
     {
         let shutdown = shutdown.clone();

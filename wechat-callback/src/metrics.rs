@@ -11,6 +11,9 @@ pub struct Metrics {
     pub rejected_too_large: Counter,
     pub rejected_xml: Counter,
     pub rejected_decrypt: Counter,
+    pub rejected_replay: Counter,
+    pub rejected_plaintext: Counter,
+    pub rejected_body_timeout: Counter,
     pub retries_answered: Counter,
     pub deadline_success: Counter,
     pub logins: Counter,
@@ -39,6 +42,9 @@ impl Metrics {
                     ("too_large", self.rejected_too_large.get()),
                     ("bad_xml", self.rejected_xml.get()),
                     ("decrypt_failed", self.rejected_decrypt.get()),
+                    ("replay", self.rejected_replay.get()),
+                    ("plaintext_refused", self.rejected_plaintext.get()),
+                    ("body_timeout", self.rejected_body_timeout.get()),
                 ],
             )
             .counter(

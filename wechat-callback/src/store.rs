@@ -1,6 +1,7 @@
-//! The embedded SQLite store: users with their login counts, and handled
+//! The embedded SQLite store: users with their login counts, handled
 //! callback events (for deduplicating WeChat's retries, also across
-//! instances sharing the file).
+//! instances sharing the file), the signatures seen (replay refusal) and
+//! logins awaiting confirmation on the phone.
 //!
 //! WAL mode, a busy timeout, and schema migrations by `user_version` under
 //! `BEGIN IMMEDIATE`, so several instances can open one file at once. All
@@ -16,14 +17,18 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::envelope::Reply;
+
 /// How long handled events are kept (WeChat retries within ~15 s; the
 /// contract asks for at least 5 minutes).
 pub const EVENT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// A claim older than this whose handler never finished (crashed) may be
 /// taken over by a retry.
 pub const STALE_CLAIM: Duration = Duration::from_secs(30);
-/// How long a connection waits for another writer's lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection waits for another writer's lock: well inside the
+/// reply deadline, so a locked store is answered 503 (WeChat retries)
+/// rather than timing out into `success`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 const MIGRATIONS: &[&str] = &[
     // 1: users and handled events.
@@ -46,6 +51,21 @@ const MIGRATIONS: &[&str] = &[
         done_at INTEGER
     );
     CREATE INDEX events_claimed_at ON events(claimed_at);",
+    // 2: signatures seen (replay refusal) and logins awaiting confirmation.
+    "CREATE TABLE signatures (
+        sig TEXT PRIMARY KEY,
+        body_sha1 BLOB NOT NULL,
+        seen_at INTEGER NOT NULL
+    );
+    CREATE INDEX signatures_seen_at ON signatures(seen_at);
+    CREATE TABLE pending (
+        openid TEXT PRIMARY KEY,
+        fd INTEGER NOT NULL,
+        ticket TEXT,
+        display_name TEXT NOT NULL,
+        unionid TEXT,
+        expires_at INTEGER NOT NULL
+    );",
 ];
 
 /// A store failure.
@@ -64,10 +84,41 @@ pub enum StoreError {
 pub enum Claim {
     /// This caller handles the event.
     Claimed,
-    /// Already handled; the stored reply (`None` = `success`).
-    Done(Option<String>),
+    /// Already handled; the stored reply.
+    Done(Reply),
     /// Another handler is on it.
     Pending,
+}
+
+/// What the signature record says about a verified request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time this signature is used.
+    New,
+    /// Seen before with the same body: WeChat retrying.
+    Retry,
+    /// Seen before with another body: a replay.
+    OtherBody,
+}
+
+/// A login awaiting the user's `1` (`--confirm-login`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    pub openid: String,
+    pub fd: u32,
+    pub ticket: Option<String>,
+    pub display_name: String,
+    pub unionid: Option<String>,
+    /// Unix seconds after which a `1` confirms nothing.
+    pub expires_at: i64,
+}
+
+/// What taking a pending login found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    Live(PendingLogin),
+    Expired,
+    None,
 }
 
 /// What is known about the user at login time.
@@ -135,7 +186,7 @@ impl Store {
                 .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             match row {
-                Some((1, reply, _)) => Ok(Claim::Done(reply)),
+                Some((1, reply, _)) => Ok(Claim::Done(Reply::from_stored(reply))),
                 Some((_, _, claimed_at)) if now - claimed_at > STALE_CLAIM.as_secs() as i64 => {
                     let took = c.prepare_cached("UPDATE events SET claimed_at = ?2 WHERE key = ?1 AND state = 0 AND claimed_at = ?3")?.execute(params![key, now, claimed_at],
                     )?;
@@ -150,7 +201,8 @@ impl Store {
     }
 
     /// Marks an event handled with its reply, without counting a login.
-    pub async fn finish(&self, key: String, reply: Option<String>) -> Result<(), StoreError> {
+    pub async fn finish(&self, key: String, reply: Reply) -> Result<(), StoreError> {
+        let reply = reply.into_stored();
         self.with(move |c| {
             c.prepare_cached(
                 "UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1",
@@ -248,12 +300,105 @@ impl Store {
         .await
     }
 
-    /// Deletes handled events older than [`EVENT_RETENTION`]; returns how many.
-    pub async fn prune(&self) -> Result<usize, StoreError> {
-        self.with(|c| {
-            let cutoff = now_secs() - EVENT_RETENTION.as_secs() as i64;
-            c.prepare_cached("DELETE FROM events WHERE claimed_at < ?1")?
-                .execute(params![cutoff])
+    /// Records that `sig` vouched for a body with this SHA-1, or says
+    /// whether it already did for this body or another one.
+    pub async fn see_signature(
+        &self,
+        sig: String,
+        body_sha1: [u8; 20],
+    ) -> Result<Seen, StoreError> {
+        self.with(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO signatures(sig, body_sha1, seen_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(sig) DO NOTHING",
+                )?
+                .execute(params![sig, body_sha1.as_slice(), now_secs()])?;
+            if inserted == 1 {
+                return Ok(Seen::New);
+            }
+            let stored: Option<Vec<u8>> = c
+                .prepare_cached("SELECT body_sha1 FROM signatures WHERE sig = ?1")?
+                .query_row(params![sig], |r| r.get(0))
+                .optional()?;
+            Ok(match stored {
+                Some(d) if d.as_slice() == body_sha1.as_slice() => Seen::Retry,
+                Some(_) => Seen::OtherBody,
+                // Pruned in between: as good as new.
+                None => Seen::New,
+            })
+        })
+        .await
+    }
+
+    /// Stores (or replaces) the user's pending login.
+    pub async fn put_pending(&self, p: PendingLogin) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO pending(openid, fd, ticket, display_name, unionid, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(openid) DO UPDATE SET fd = excluded.fd, ticket = excluded.ticket,
+                    display_name = excluded.display_name, unionid = excluded.unionid,
+                    expires_at = excluded.expires_at",
+            )?
+            .execute(params![
+                p.openid,
+                p.fd,
+                p.ticket,
+                p.display_name,
+                p.unionid,
+                p.expires_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes and returns the user's pending login (at most one caller
+    /// gets it, whichever instance asks).
+    pub async fn take_pending(&self, openid: String) -> Result<Taken, StoreError> {
+        self.with(move |c| {
+            let row = c
+                .prepare_cached(
+                    "DELETE FROM pending WHERE openid = ?1
+                     RETURNING fd, ticket, display_name, unionid, expires_at",
+                )?
+                .query_row(params![openid], |r| {
+                    Ok(PendingLogin {
+                        openid: openid.clone(),
+                        fd: r.get(0)?,
+                        ticket: r.get(1)?,
+                        display_name: r.get(2)?,
+                        unionid: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            Ok(match row {
+                Some(p) if p.expires_at >= now_secs() => Taken::Live(p),
+                Some(_) => Taken::Expired,
+                None => Taken::None,
+            })
+        })
+        .await
+    }
+
+    /// Deletes handled events older than [`EVENT_RETENTION`], signatures
+    /// older than `signature_retention` and expired pending logins;
+    /// returns how many rows went.
+    pub async fn prune(&self, signature_retention: Duration) -> Result<usize, StoreError> {
+        self.with(move |c| {
+            let now = now_secs();
+            let events = c
+                .prepare_cached("DELETE FROM events WHERE claimed_at < ?1")?
+                .execute(params![now - EVENT_RETENTION.as_secs() as i64])?;
+            let sigs = c
+                .prepare_cached("DELETE FROM signatures WHERE seen_at < ?1")?
+                .execute(params![now - signature_retention.as_secs() as i64])?;
+            let pending = c
+                .prepare_cached("DELETE FROM pending WHERE expires_at < ?1")?
+                .execute(params![now - 3600])?;
+            Ok(events + sigs + pending)
         })
         .await
     }
@@ -317,7 +462,7 @@ mod tests {
         assert_eq!((n, reply.as_str()), (1, "n=1"));
         assert_eq!(
             b.claim("k1".into()).await.unwrap(),
-            Claim::Done(Some("n=1".into()))
+            Claim::Done(Reply::Text("n=1".into()))
         );
         assert_eq!(b.claim("k2".into()).await.unwrap(), Claim::Claimed);
         let (n, _) = b
@@ -326,10 +471,13 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2);
         assert_eq!(a.login_count("o1".into()).await.unwrap(), 2);
-        a.finish("k3".into(), None).await.unwrap();
+        a.finish("k3".into(), Reply::Success).await.unwrap();
         assert_eq!(a.claim("k3".into()).await.unwrap(), Claim::Claimed);
-        a.finish("k3".into(), None).await.unwrap();
-        assert_eq!(a.claim("k3".into()).await.unwrap(), Claim::Done(None));
+        a.finish("k3".into(), Reply::Success).await.unwrap();
+        assert_eq!(
+            a.claim("k3".into()).await.unwrap(),
+            Claim::Done(Reply::Success)
+        );
     }
 
     #[tokio::test]
@@ -342,6 +490,57 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.claim("k".into()).await.unwrap(), Claim::Pending);
-        assert_eq!(s.prune().await.unwrap(), 0);
+        assert_eq!(s.prune(Duration::from_secs(600)).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn signatures_tell_retries_from_replays_across_instances() {
+        let path = temp_db("sig");
+        let a = Store::open(&path).unwrap();
+        let b = Store::open(&path).unwrap();
+        assert_eq!(
+            a.see_signature("s1".into(), [1; 20]).await.unwrap(),
+            Seen::New
+        );
+        assert_eq!(
+            b.see_signature("s1".into(), [1; 20]).await.unwrap(),
+            Seen::Retry
+        );
+        assert_eq!(
+            b.see_signature("s1".into(), [2; 20]).await.unwrap(),
+            Seen::OtherBody
+        );
+        assert_eq!(
+            b.see_signature("s2".into(), [2; 20]).await.unwrap(),
+            Seen::New
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pending_login_is_taken_once() {
+        let path = temp_db("pending");
+        let a = Store::open(&path).unwrap();
+        let b = Store::open(&path).unwrap();
+        let p = PendingLogin {
+            openid: "o".into(),
+            fd: 5 << 20,
+            ticket: Some("t".into()),
+            display_name: "A".into(),
+            unionid: None,
+            expires_at: now_secs() + 60,
+        };
+        a.put_pending(p.clone()).await.unwrap();
+        assert_eq!(
+            b.take_pending("o".into()).await.unwrap(),
+            Taken::Live(p.clone())
+        );
+        assert_eq!(a.take_pending("o".into()).await.unwrap(), Taken::None);
+        a.put_pending(PendingLogin {
+            expires_at: now_secs() - 1,
+            ..p
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.take_pending("o".into()).await.unwrap(), Taken::Expired);
     }
 }

@@ -247,9 +247,9 @@ async fn nickname_token_and_secret_reach_the_gateway() {
         &db("nick"),
         &[
             "--login-token-secret",
-            "jwt-secret-1",
+            "jwt-secret-1-0123456789abcdef0123",
             "--notify-secret",
-            "bus-secret-1",
+            "bus-secret-1-0123456789abcdef01234",
         ],
     )
     .await;
@@ -257,7 +257,10 @@ async fn nickname_token_and_secret_reach_the_gateway() {
     assert_eq!(reply, "Alice, login successful! This is your 1st login.");
     let line = &bus.lines()[0];
     assert_eq!(line.nickname, "Alice");
-    assert_eq!(line.secret.as_deref(), Some("bus-secret-1"));
+    assert_eq!(
+        line.secret.as_deref(),
+        Some("bus-secret-1-0123456789abcdef01234")
+    );
     #[derive(serde::Deserialize)]
     struct Claims {
         sub: String,
@@ -269,7 +272,7 @@ async fn nickname_token_and_secret_reach_the_gateway() {
     let token = line.token.as_deref().expect("token");
     let c = jsonwebtoken::decode::<Claims>(
         token,
-        &jsonwebtoken::DecodingKey::from_secret(b"jwt-secret-1"),
+        &jsonwebtoken::DecodingKey::from_secret(b"jwt-secret-1-0123456789abcdef0123"),
         &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
     )
     .unwrap()
@@ -392,6 +395,7 @@ async fn bad_requests_are_refused_in_the_contract_order() {
 #[tokio::test]
 async fn safe_mode_and_compatible_mode() {
     let bus = FakeBus::start(Mode::Ok).await;
+    // With a key and no --message-mode: safe.
     let cb = Cb::start(
         &bus,
         None,
@@ -400,13 +404,8 @@ async fn safe_mode_and_compatible_mode() {
     )
     .await;
     let key = AesKey::from_encoding_aes_key(KEY1).unwrap();
-    let xml = scan_event(
-        "oSafe000000000000000000000SAFE",
-        31,
-        "ticket=",
-        false,
-        now(),
-    );
+    let openid = "oSafe000000000000000000000SAFE";
+    let xml = scan_event(openid, 31, "ticket=", false, now());
     let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
     let (status, raw) = cb.post(&q, body).await;
     assert_eq!(status, 200);
@@ -418,19 +417,22 @@ async fn safe_mode_and_compatible_mode() {
     );
     assert_eq!(bus.lines()[0].fd, 31);
 
-    // Compatible mode: a plain POST is accepted and answered plain.
-    let (_, reply) = cb
-        .scan("oSafe000000000000000000000SAFE", 32, "t2", now() + 1)
-        .await;
-    assert_eq!(
-        reply,
-        "WeChat user SAFE, login successful! This is your 2nd login."
-    );
+    // Safe mode: a correctly signed plaintext POST is refused, since its
+    // signature does not cover the body.
+    let (status, _) = cb.scan(openid, 32, "t2", now() + 1).await;
+    assert_eq!(status, 403);
+    assert_eq!(bus.lines().len(), 1, "nothing sent for a refused POST");
 
-    // A wrong msg_signature is 403; a wrong appid is 400.
+    // A wrong msg_signature is 403; a wrong appid is 400; a missing
+    // msg_signature is 403; encrypt_type=aes without Encrypt is 400.
     let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
-    let q = q.replace("msg_signature=", "msg_signature=0");
-    assert_eq!(cb.post(&q, body).await.0, 403);
+    let bad = q.replace("msg_signature=", "msg_signature=0");
+    assert_eq!(cb.post(&bad, body.clone()).await.0, 403);
+    let without: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.starts_with("msg_signature="))
+        .collect();
+    assert_eq!(cb.post(&without.join("&"), body).await.0, 403);
     let (q, body) = encrypt_post(
         TOKEN,
         &key,
@@ -439,7 +441,106 @@ async fn safe_mode_and_compatible_mode() {
         now(),
     );
     assert_eq!(cb.post(&q, body).await.0, 400);
-    assert_eq!(bus.lines().len(), 2);
+    let (q, _) = encrypt_post(TOKEN, &key, APPID, &xml, now());
+    assert_eq!(
+        cb.post(&q, "<xml><ToUserName>gh</ToUserName></xml>")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(bus.lines().len(), 1);
+    drop(cb);
+
+    // Compatible mode: both, each answered the way it came.
+    let cb = Cb::start(
+        &bus,
+        None,
+        &db("compatible"),
+        &[
+            "--encoding-aes-key",
+            KEY1,
+            "--app-id",
+            APPID,
+            "--message-mode",
+            "compatible",
+        ],
+    )
+    .await;
+    let (status, reply) = cb.scan(openid, 34, "t3", now() + 2).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply,
+        "WeChat user SAFE, login successful! This is your 1st login."
+    );
+    let xml = scan_event(openid, 35, "t4", true, now() + 3);
+    let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
+    let (_, raw) = cb.post(&q, body).await;
+    let (_, inner) = open_encrypted_reply(TOKEN, &key, &raw).unwrap();
+    assert!(reply_content(&inner).unwrap().contains("2nd login"));
+    drop(cb);
+
+    // Plain mode without a key: an encrypted POST cannot be opened.
+    let cb = Cb::start(&bus, None, &db("plain"), &[]).await;
+    let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
+    assert_eq!(cb.post(&q, body).await.0, 400);
+    assert_eq!(bus.lines().len(), 3);
+}
+
+/// 0.1.0's forged login: a callback URL seen once (an access log, a log
+/// shipper) gives signature, timestamp and nonce; a plaintext body of the
+/// attacker's making (FromUserName = the victim, EventKey = the attacker's
+/// page) was accepted with them, and the attacker's page was logged in as
+/// the victim. Now refused in safe mode, and, in plain mode, by the replay
+/// rule, on every instance sharing the store.
+#[tokio::test]
+async fn a_seen_callback_url_cannot_sign_a_forged_body() {
+    let bus = FakeBus::start(Mode::Ok).await;
+    let key = AesKey::from_encoding_aes_key(KEY1).unwrap();
+
+    // Safe mode (the default with a key): the real, encrypted callback...
+    let cb = Cb::start(
+        &bus,
+        None,
+        &db("forge-safe"),
+        &["--encoding-aes-key", KEY1, "--app-id", APPID],
+    )
+    .await;
+    let real = scan_event("oVictim", 51, "victim-ticket", true, now());
+    let (q, body) = encrypt_post(TOKEN, &key, APPID, &real, now());
+    assert_eq!(cb.post(&q, body).await.0, 200);
+    // ...then its query, minus the encryption parameters, on a forged body.
+    let seen: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.starts_with("encrypt_type=") && !p.starts_with("msg_signature="))
+        .collect();
+    let forged = scan_event("oVictim", 666, "attacker-ticket", true, now());
+    assert_eq!(cb.post(&seen.join("&"), forged.clone()).await.0, 403);
+    // Even with encrypt_type kept but the body swapped for a plaintext one.
+    assert_ne!(cb.post(&q, forged.clone()).await.0, 200);
+    assert_eq!(bus.lines().len(), 1);
+    assert!(bus.lines().iter().all(|l| l.fd == 51));
+    drop(cb);
+
+    // Plain mode, two instances on one store: the signature of a real
+    // callback, reused with another body, is refused on both; the same
+    // body again is WeChat retrying and answered as a retry.
+    let path = db("forge-plain");
+    let a = Cb::start(&bus, None, &path, &[]).await;
+    let b = Cb::start(&bus, None, &path, &[]).await;
+    let q = signed_query(TOKEN, now());
+    let real = scan_event("oVictim2", 61, "victim-ticket-2", true, now());
+    let (status, first) = a.post(&q, real.clone()).await;
+    assert_eq!(status, 200);
+    let forged = scan_event("oVictim2", 667, "attacker-ticket", true, now());
+    let (status, text) = b.post(&q, forged.clone()).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("replay"), "{text}");
+    assert_eq!(a.post(&q, forged).await.0, 403);
+    let (status, again) = b.post(&q, real).await;
+    assert_eq!((status, again), (200, first), "a retry gets the same reply");
+    let sent: Vec<u32> = bus.lines().iter().map(|l| l.fd).collect();
+    assert_eq!(sent, [51, 61], "only the real events reached the gateway");
+    assert!(a.metrics().await.contains(r#"outcome="replay"} 1"#));
 }
 
 #[tokio::test]
@@ -594,21 +695,23 @@ async fn slow_work_answers_success_in_time_and_still_completes() {
 async fn other_messages_get_short_replies() {
     let bus = FakeBus::start(Mode::Ok).await;
     let cb = Cb::start(&bus, None, &db("other"), &[]).await;
-    let q = signed_query(TOKEN, now());
+    // Each request signed afresh, as WeChat signs each (a signature seen
+    // with another body is a replay).
+    let q = || signed_query(TOKEN, now());
     let (_, raw) = cb
         .post(
-            &q,
+            &q(),
             text_message_body("gh_test", "oText", now(), "hello", 1234567),
         )
         .await;
     assert!(reply_content(&raw).unwrap().contains("scan the QR code"));
     let click = "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>K</EventKey></xml>";
-    assert_eq!(cb.post(&q, click).await.1, "success");
+    assert_eq!(cb.post(&q(), click).await.1, "success");
     let unsub = "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>2</CreateTime><MsgType>event</MsgType><Event>unsubscribe</Event></xml>";
-    assert_eq!(cb.post(&q, unsub).await.1, "success");
+    assert_eq!(cb.post(&q(), unsub).await.1, "success");
     // A subscribe without a scene (search, not a QR code) is no login.
     let plain_sub = "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>3</CreateTime><MsgType>event</MsgType><Event>subscribe</Event><EventKey></EventKey></xml>";
-    assert_eq!(cb.post(&q, plain_sub).await.1, "success");
+    assert_eq!(cb.post(&q(), plain_sub).await.1, "success");
     assert!(bus.lines().is_empty());
 }
 
@@ -624,9 +727,9 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
             "--encoding-aes-key",
             KEY1,
             "--login-token-secret",
-            "SECRET-jwt-7f3a",
+            "SECRET-jwt-7f3a-0123456789abcdef0123",
             "--notify-secret",
-            "SECRET-bus-91c2",
+            "SECRET-bus-91c2-0123456789abcdef0123",
         ],
         &[
             ("RUST_LOG", "trace"),
@@ -641,8 +744,8 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
     let log = cb.daemon.stderr();
     assert!(log.contains("wechat-callback listening"), "{log}");
     for secret in [
-        "SECRET-jwt-7f3a",
-        "SECRET-bus-91c2",
+        "SECRET-jwt-7f3a-0123456789abcdef0123",
+        "SECRET-bus-91c2-0123456789abcdef0123",
         "SECRET-app-5d6e",
         KEY1,
         TOKEN,

@@ -2,6 +2,8 @@
 //! the simulator delivers to `--callback-url` what WeChat's servers
 //! deliver: a signed `subscribe` or `SCAN` event (encrypted in safe mode),
 //! with WeChat's timeout and retry policy (the same request every attempt).
+//! `POST /sim/message` sends a text message from a user the same way (the
+//! `1` that confirms a login with `--confirm-login`).
 //! The passive reply is read back the way WeChat reads it (signature and
 //! decryption checked, addressed to the right user) and returned as JSON.
 
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use daemon_kit::http::{Response, json};
 use hyper::StatusCode;
-use protocol::wechat::reply::{encrypted_post, event_body};
+use protocol::wechat::reply::{encrypted_post, event_body, text_message_body};
 use protocol::wechat::signature;
 use protocol::wechat::xml::{EncryptedEnvelope, Fields, Message, MessageKind};
 use rand::Rng;
@@ -41,9 +43,10 @@ pub struct ScanRequest {
     pub nickname: Option<String>,
 }
 
-/// The answer of `POST /sim/scan`.
-#[derive(Debug, Serialize)]
-pub struct ScanAnswer {
+/// How a delivery went, as the phone saw it (shared by `/sim/scan` and
+/// `/sim/message` answers).
+#[derive(Debug, Default, Serialize)]
+pub struct Seen {
     /// The passive reply's text, decrypted; "" for `success` or nothing.
     pub reply: String,
     /// The callback's HTTP status (of the last attempt), if it answered.
@@ -51,13 +54,6 @@ pub struct ScanAnswer {
     pub attempts: u32,
     /// The callback's raw answer body (of the last attempt).
     pub raw: String,
-    pub event: &'static str,
-    pub scene: Option<u32>,
-    pub scene_str: Option<String>,
-    pub event_key: String,
-    pub openid: String,
-    pub ticket: String,
-    pub encrypted: bool,
     /// The reply's `MsgType` when it is not `text`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msg_type: Option<String>,
@@ -67,6 +63,40 @@ pub struct ScanAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// The answer of `POST /sim/scan`.
+#[derive(Debug, Serialize)]
+pub struct ScanAnswer {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub event: &'static str,
+    pub scene: Option<u32>,
+    pub scene_str: Option<String>,
+    pub event_key: String,
+    pub openid: String,
+    pub ticket: String,
+    pub encrypted: bool,
+}
+
+/// The body of `POST /sim/message`.
+#[derive(Debug, Deserialize)]
+pub struct MessageRequest {
+    pub openid: String,
+    pub content: String,
+}
+
+/// The answer of `POST /sim/message`.
+#[derive(Debug, Serialize)]
+pub struct MessageAnswer {
+    #[serde(flatten)]
+    pub seen: Seen,
+    pub openid: String,
+    pub msg_id: u64,
+    pub encrypted: bool,
+}
+
+/// Longest text message sent (WeChat's limit is about 2,048 bytes).
+const MAX_CONTENT_BYTES: usize = 2048;
 
 /// One callback request, sent the same way on every attempt.
 #[derive(Debug, Clone)]
@@ -171,23 +201,9 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
     let delivery = prepare(&state.settings, &xml, &openid, now);
     tracing::info!(event, %event_key, openid = %openid, encrypted = delivery.encrypted, "scan: delivering callback");
 
-    // Delivery runs on its own, so it completes (retries included) even if
-    // whoever asked for the scan goes away.
-    let task_state = state.clone();
-    let task_delivery = delivery.clone();
-    let delivered = tokio::spawn(async move { deliver(&task_state, &task_delivery).await }).await;
-    let delivered = match delivered {
-        Ok(d) => d,
-        Err(e) => {
-            return sim_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
-        }
-    };
-
-    let mut answer = ScanAnswer {
-        reply: String::new(),
-        status: None,
-        attempts: delivered.attempts,
-        raw: String::new(),
+    let (status, seen) = deliver_and_read(&state, &delivery, &openid).await;
+    let answer = ScanAnswer {
+        seen,
         event,
         scene: t.scene.id(),
         scene_str: t.scene.str().map(str::to_string),
@@ -195,15 +211,79 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
         openid,
         ticket: t.ticket.to_string(),
         encrypted: delivery.encrypted,
-        msg_type: None,
-        error: None,
-        message: None,
+    };
+    json(status, serde_json::to_string(&answer).unwrap_or_default())
+}
+
+/// `POST /sim/message`: a text message from `openid` to the account.
+pub async fn message(state: Arc<SimState>, body: &[u8]) -> Response {
+    let req: MessageRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return sim_error(StatusCode::BAD_REQUEST, "bad_json", e),
+    };
+    let openid = req.openid.trim().to_string();
+    if openid.is_empty() || openid.len() > MAX_NAME_LEN || openid.chars().any(char::is_control) {
+        return sim_error(
+            StatusCode::BAD_REQUEST,
+            "bad_openid",
+            "openid must be 1 to 128 characters without control characters",
+        );
+    }
+    if req.content.is_empty() || req.content.len() > MAX_CONTENT_BYTES {
+        return sim_error(
+            StatusCode::BAD_REQUEST,
+            "bad_content",
+            "content must be 1 to 2048 bytes",
+        );
+    }
+    let now = unix_now();
+    let msg_id: u64 = rand::rng().random_range(1_000_000_000_000_000..u64::MAX / 2);
+    let xml = text_message_body(&state.settings.account, &openid, now, &req.content, msg_id);
+    let delivery = prepare(&state.settings, &xml, &openid, now);
+    tracing::info!(openid = %openid, encrypted = delivery.encrypted, "message: delivering callback");
+    let (status, seen) = deliver_and_read(&state, &delivery, &openid).await;
+    let answer = MessageAnswer {
+        seen,
+        openid,
+        msg_id,
+        encrypted: delivery.encrypted,
+    };
+    json(status, serde_json::to_string(&answer).unwrap_or_default())
+}
+
+/// Delivers (with retries) and reads the reply the way WeChat shows it:
+/// 200 with what the user would see, or 502/504 with why WeChat would
+/// show "this account cannot serve you right now".
+async fn deliver_and_read(
+    state: &Arc<SimState>,
+    delivery: &Delivery,
+    openid: &str,
+) -> (StatusCode, Seen) {
+    // Delivery runs on its own, so it completes (retries included) even if
+    // whoever asked for it goes away.
+    let task_state = state.clone();
+    let task_delivery = delivery.clone();
+    let delivered = tokio::spawn(async move { deliver(&task_state, &task_delivery).await }).await;
+    let delivered = match delivered {
+        Ok(d) => d,
+        Err(e) => {
+            let seen = Seen {
+                error: Some("internal"),
+                message: Some(e.to_string()),
+                ..Seen::default()
+            };
+            return (StatusCode::INTERNAL_SERVER_ERROR, seen);
+        }
+    };
+    let mut seen = Seen {
+        attempts: delivered.attempts,
+        ..Seen::default()
     };
     let status = match delivered.outcome {
         Outcome::Answered { status, body } => {
-            answer.status = Some(status);
+            seen.status = Some(status);
             let result = if (200..300).contains(&status) {
-                read_reply(&state.settings, &body, delivery.encrypted, &answer.openid)
+                read_reply(&state.settings, &body, delivery.encrypted, openid)
                     .map_err(|m| ("bad_reply", m))
             } else {
                 Err((
@@ -211,23 +291,23 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
                     format!("the callback answered HTTP {status}"),
                 ))
             };
-            answer.raw = body;
+            seen.raw = body;
             match result {
                 Ok(reply) => {
-                    answer.reply = reply.text;
-                    answer.msg_type = reply.msg_type;
+                    seen.reply = reply.text;
+                    seen.msg_type = reply.msg_type;
                     StatusCode::OK
                 }
                 Err((code, message)) => {
-                    answer.error = Some(code);
-                    answer.message = Some(message);
+                    seen.error = Some(code);
+                    seen.message = Some(message);
                     StatusCode::BAD_GATEWAY
                 }
             }
         }
         Outcome::Timeout => {
-            answer.error = Some("callback_timeout");
-            answer.message = Some(format!(
+            seen.error = Some("callback_timeout");
+            seen.message = Some(format!(
                 "no answer within {} ms, {} attempts",
                 state.settings.callback_timeout.as_millis(),
                 delivered.attempts
@@ -235,8 +315,8 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
             StatusCode::GATEWAY_TIMEOUT
         }
         Outcome::Unreachable(e) => {
-            answer.error = Some("callback_unreachable");
-            answer.message = Some(e);
+            seen.error = Some("callback_unreachable");
+            seen.message = Some(e);
             StatusCode::BAD_GATEWAY
         }
     };
@@ -245,13 +325,13 @@ pub async fn scan(state: Arc<SimState>, body: &[u8]) -> Response {
     } else {
         state.stats.callbacks_failed.inc();
         tracing::warn!(
-            error = answer.error,
-            message = answer.message.as_deref(),
-            attempts = answer.attempts,
-            "scan: callback failed"
+            error = seen.error,
+            message = seen.message.as_deref(),
+            attempts = seen.attempts,
+            "callback failed"
         );
     }
-    json(status, serde_json::to_string(&answer).unwrap_or_default())
+    (status, seen)
 }
 
 /// Builds the callback request: signed query, plain or encrypted body.

@@ -108,6 +108,7 @@ API:    POST /cgi-bin/stable_token, GET /cgi-bin/token,
         POST /cgi-bin/qrcode/create?access_token=T, GET /cgi-bin/user/info,
         GET /cgi-bin/showqrcode?ticket=<url-encoded ticket>
 Phone:  POST /sim/scan {\"ticket\":\"...\",\"openid\":\"...\",\"subscribed\":false,\"nickname\":\"...\"}
+        POST /sim/message {\"openid\":\"...\",\"content\":\"1\"}
 Tools:  GET /sim/tickets/<url-encoded ticket>, GET|POST|DELETE /sim/faults,
         GET /sim/stats, GET /healthz, GET /metrics
 ";
@@ -126,6 +127,10 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>) -> Response {
         (Method::GET, "/") => text(StatusCode::OK, INDEX),
         (Method::POST, "/sim/scan") => match read_body(req.into_body()).await {
             Ok(body) => phone::scan(state, &body).await,
+            Err(e) => body_error(&e),
+        },
+        (Method::POST, "/sim/message") => match read_body(req.into_body()).await {
+            Ok(body) => phone::message(state, &body).await,
             Err(e) => body_error(&e),
         },
         (Method::GET, p) if p.starts_with("/sim/tickets/") => {
@@ -150,7 +155,10 @@ async fn route(state: Arc<SimState>, req: Request<Incoming>) -> Response {
                 .to_json(state.tickets.len(), state.users.len())
                 .to_string(),
         ),
-        (_, "/sim/scan" | "/sim/faults" | "/sim/stats" | "/healthz" | "/metrics") => sim_error(
+        (
+            _,
+            "/sim/scan" | "/sim/message" | "/sim/faults" | "/sim/stats" | "/healthz" | "/metrics",
+        ) => sim_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed",

@@ -1,36 +1,51 @@
 //! The notify bus on `--notify-listen`: raw TCP, newline-delimited JSON,
 //! many lines per connection, one answer per line in order.
 //!
-//! Each connection is one task that reads whatever has arrived, answers
-//! every complete line in it into one output buffer, and writes that
-//! buffer with one call, so a pipelining client gets its answers in
-//! batches (one read and one write per batch, not per line). A client may
-//! half-close after its last line: the lines before EOF (and a final line
-//! without a newline) are still answered, then the gateway closes its side.
+//! Each connection is one task that reads whatever has arrived, checks
+//! every complete line in it, and writes the batch's answers with one call,
+//! so a pipelining client gets its answers in batches. A push is answered
+//! `ok` only once its connection task has written the frame to the page's
+//! socket (the registry's delivery receipt); a page that went away first
+//! is answered `no_such_client`. A client may half-close after its last
+//! line: the lines before EOF (and a final line without a newline) are
+//! still answered, then the gateway closes its side.
 //!
 //! Checks per line, in order: longer than `MAX_LINE_BYTES` →
 //! `line_too_long` and the connection is closed; `bad_json` /
-//! `unknown_type`; `--notify-secret` (constant-time) → `unauthorized`;
-//! `--notify-require-ticket` → `ticket_required`; fd lookup →
-//! `no_such_client`; ticket → `ticket_mismatch`; a full push queue →
-//! `client_busy`; else the push is queued and the answer is `ok`.
+//! `unknown_type`; `--notify-secret` (constant-time) → `unauthorized`, and
+//! the connection is closed; `--notify-require-ticket` →
+//! `ticket_required`; fd lookup → `no_such_client`; ticket →
+//! `ticket_mismatch`; a full push queue → `client_busy`; else the push is
+//! queued and answered once written.
+//!
+//! Hostile clients: a connection that sends no complete line for
+//! `--notify-idle-timeout-seconds` is closed (bytes without a newline are
+//! not activity), and at [`MAX_BUS_CONNECTIONS`] a new connection does not
+//! wait: the longest-idle one is closed to make room ([`Conns`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use protocol::bus::{BusError, LineBuffer, LineRef, MAX_LINE_BYTES, OK_LINE, ScanNotify};
+use protocol::bus::{
+    BusError, LineBuffer, LineRef, MAX_LINE_BYTES, NotifyKind, OK_LINE, ScanNotify,
+};
 use protocol::ws::ServerFrame;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, warn};
 
 use crate::Gateway;
+use crate::delivery::Delivered;
 use crate::metrics::{BUS_RESULTS, bus_index};
+use crate::registry::Pushed;
 
-/// Most bus connections open at once (the callback keeps a few).
+/// Most bus connections open at once (the callback keeps a few); at the
+/// cap the longest-idle one is closed for a new one.
 pub const MAX_BUS_CONNECTIONS: usize = 1024;
 
 /// Bytes asked for per read.
@@ -42,19 +57,60 @@ const READ_CHUNK: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1024 * 1024;
 
+/// The open bus connections: when each last sent a complete line, and how
+/// to close it.
+#[derive(Default)]
+pub(crate) struct Conns {
+    map: Mutex<HashMap<u64, (Instant, CancellationToken)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Conns {
+    /// Registers a new connection; at the cap, closes the longest-idle one
+    /// first (returns whether it did).
+    fn admit(&self, now: Instant, cap: usize) -> (u64, CancellationToken, bool) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut evicted = false;
+        if map.len() >= cap
+            && let Some((&oldest, _)) = map.iter().min_by_key(|(_, (last, _))| *last)
+            && let Some((_, victim)) = map.remove(&oldest)
+        {
+            victim.cancel();
+            evicted = true;
+        }
+        map.insert(id, (now, token.clone()));
+        (id, token, evicted)
+    }
+
+    fn active(&self, id: u64, now: Instant) {
+        if let Some(e) = self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&id)
+        {
+            e.0 = now;
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
 /// Accepts bus connections until shutdown, then waits (bounded) for the
 /// open ones to answer what they have read.
 pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(MAX_BUS_CONNECTIONS));
+    let conns = Arc::new(Conns::default());
     loop {
-        let permit = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = gw.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -67,9 +123,19 @@ pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
             },
         };
         let _ = stream.set_nodelay(true);
+        let (id, closing, evicted) = conns.admit(Instant::now(), MAX_BUS_CONNECTIONS);
+        if evicted {
+            gw.metrics.bus_evicted.inc();
+            warn!("notify bus full: closed the longest-idle connection");
+        }
+        let gw2 = Arc::clone(&gw);
+        let conns2 = Arc::clone(&conns);
         tracker.spawn(
-            connection(stream, Arc::clone(&gw), permit)
-                .instrument(tracing::debug_span!("bus", %peer)),
+            async move {
+                connection(stream, &gw2, &conns2, id, closing).await;
+                conns2.leave(id);
+            }
+            .instrument(tracing::debug_span!("bus", %peer)),
         );
     }
     drop(listener);
@@ -82,10 +148,16 @@ pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-async fn connection(mut stream: TcpStream, gw: Arc<Gateway>, _permit: OwnedSemaphorePermit) {
+async fn connection(
+    mut stream: TcpStream,
+    gw: &Gateway,
+    conns: &Conns,
+    id: u64,
+    closing: CancellationToken,
+) {
     gw.metrics.bus_connections.inc();
     debug!("bus client connected");
-    match answer_lines(&mut stream, &gw).await {
+    match answer_lines(&mut stream, gw, conns, id, &closing).await {
         Ok(()) => debug!("bus client done"),
         Err(e) => debug!(cause = %e, "bus connection ended"),
     }
@@ -102,26 +174,61 @@ enum After {
     TooLong,
 }
 
-async fn answer_lines(stream: &mut TcpStream, gw: &Gateway) -> std::io::Result<()> {
+/// One line's answer: known at once, or once the page has the frame.
+enum Outcome {
+    Now(Result<(), BusError>),
+    Delivery(NotifyKind, Pushed),
+}
+
+async fn answer_lines(
+    stream: &mut TcpStream,
+    gw: &Gateway,
+    conns: &Conns,
+    id: u64,
+    closing: &CancellationToken,
+) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
-    // Lines are answered as slices of the read buffer: no copy, no shift
+    // Lines are checked as slices of the read buffer: no copy, no shift
     // per line; consumed bytes are dropped once per read.
     let mut lines = LineBuffer::new(READ_CHUNK, MAX_LINE_BYTES);
+    let mut outcomes: Vec<Outcome> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut tally = [0u64; BUS_RESULTS];
+    let idle = gw.settings.notify_idle_timeout;
+    let mut idle_at = Instant::now() + idle;
     let after = loop {
         let eof = tokio::select! {
             biased;
             // Lines already read have been answered; stop reading.
             _ = gw.shutdown.cancelled() => break After::Finish,
+            _ = closing.cancelled() => {
+                gw.metrics.bus_idle_closed.inc();
+                debug!("bus connection evicted to make room");
+                break After::Finish;
+            }
+            _ = tokio::time::sleep_until(idle_at) => {
+                gw.metrics.bus_idle_closed.inc();
+                debug!("bus connection idle; closing");
+                break After::Finish;
+            }
             n = rd.read_buf(lines.read_target(READ_CHUNK / 4)) => n? == 0,
         };
         let mut after = After::Continue;
+        let mut complete = 0usize;
         while let Some(line) = lines.next_line() {
             match line {
-                LineRef::Complete(line) => record(answer(line, gw), &mut out, &mut tally),
+                LineRef::Complete(line) => {
+                    complete += 1;
+                    let outcome = answer(line, gw);
+                    let unauthorized = matches!(outcome, Outcome::Now(Err(BusError::Unauthorized)));
+                    outcomes.push(outcome);
+                    if unauthorized {
+                        after = After::Finish;
+                        break;
+                    }
+                }
                 LineRef::TooLong => {
-                    record(Err(BusError::LineTooLong), &mut out, &mut tally);
+                    outcomes.push(Outcome::Now(Err(BusError::LineTooLong)));
                     after = After::TooLong;
                     break;
                 }
@@ -130,10 +237,24 @@ async fn answer_lines(stream: &mut TcpStream, gw: &Gateway) -> std::io::Result<(
         if eof && after == After::Continue {
             // A last line without a newline before the half-close.
             if !lines.remainder().is_empty() {
-                record(answer(lines.remainder(), gw), &mut out, &mut tally);
+                complete += 1;
+                outcomes.push(answer(lines.remainder(), gw));
                 lines.clear();
             }
             after = After::Finish;
+        }
+        if complete > 0 {
+            let now = Instant::now();
+            idle_at = now + idle;
+            conns.active(id, now);
+        }
+        // Every push of the batch gets the same patience, so a batch waits
+        // `delivery::PATIENCE` at most however many slow pages it holds.
+        let deadline = Instant::now() + crate::delivery::PATIENCE;
+        for outcome in outcomes.drain(..) {
+            let (line, result) = settle(outcome, gw, deadline).await;
+            out.extend_from_slice(&line);
+            tally[bus_index(result)] += 1;
         }
         if !out.is_empty() {
             wr.write_all(&out).await?;
@@ -163,12 +284,30 @@ async fn answer_lines(stream: &mut TcpStream, gw: &Gateway) -> std::io::Result<(
     Ok(())
 }
 
-fn record(result: Result<(), BusError>, out: &mut Vec<u8>, tally: &mut [u64; BUS_RESULTS]) {
-    match result {
-        Ok(()) => out.extend_from_slice(OK_LINE),
-        Err(e) => out.extend_from_slice(e.answer_line()),
-    }
-    tally[bus_index(result)] += 1;
+/// The answer line for one outcome, waiting for its delivery if needed.
+async fn settle(
+    outcome: Outcome,
+    gw: &Gateway,
+    deadline: Instant,
+) -> (std::borrow::Cow<'static, [u8]>, Result<(), BusError>) {
+    use std::borrow::Cow;
+    let (kind, pushed) = match outcome {
+        Outcome::Now(Ok(())) => return (Cow::Borrowed(OK_LINE), Ok(())),
+        Outcome::Now(Err(e)) => return (Cow::Borrowed(e.answer_line()), Err(e)),
+        Outcome::Delivery(kind, pushed) => (kind, pushed),
+    };
+    let e = match pushed.verdict.wait(deadline).await {
+        Delivered::Written => {
+            return match (kind, pushed.page) {
+                (NotifyKind::Scanned, Some(page)) => (Cow::Owned(page.to_vec()), Ok(())),
+                _ => (Cow::Borrowed(OK_LINE), Ok(())),
+            };
+        }
+        Delivered::Gone if gw.shutdown.is_cancelled() => BusError::ShuttingDown,
+        Delivered::Gone => BusError::NoSuchClient,
+        Delivered::TooSlow => BusError::ClientBusy,
+    };
+    (Cow::Borrowed(e.answer_line()), Err(e))
 }
 
 fn flush_tally(gw: &Gateway, tally: &mut [u64; BUS_RESULTS]) {
@@ -181,32 +320,42 @@ fn flush_tally(gw: &Gateway, tally: &mut [u64; BUS_RESULTS]) {
 }
 
 /// Checks one request line and queues its push.
-fn answer(line: &[u8], gw: &Gateway) -> Result<(), BusError> {
+fn answer(line: &[u8], gw: &Gateway) -> Outcome {
     let ScanNotify {
+        kind,
         fd,
         nickname,
         openid,
         token,
         ticket,
         secret,
-    } = ScanNotify::parse(line)?;
+    } = match ScanNotify::parse(line) {
+        Ok(n) => n,
+        Err(e) => return Outcome::Now(Err(e)),
+    };
     if let Some(expected) = &gw.settings.notify_secret {
         let given = secret.as_deref().unwrap_or("");
         let same: bool = given.as_bytes().ct_eq(expected.expose().as_bytes()).into();
         if secret.is_none() || !same {
-            return Err(BusError::Unauthorized);
+            return Outcome::Now(Err(BusError::Unauthorized));
         }
     }
     if gw.settings.notify_require_ticket && ticket.is_none() {
-        return Err(BusError::TicketRequired);
+        return Outcome::Now(Err(BusError::TicketRequired));
     }
-    let frame = ServerFrame::ScanSuccess {
-        user: nickname,
-        openid: openid.unwrap_or_default(),
-        token,
+    let frame = match kind {
+        NotifyKind::Scan => ServerFrame::ScanSuccess {
+            user: nickname,
+            openid: openid.unwrap_or_default(),
+            token,
+        },
+        NotifyKind::Scanned => ServerFrame::Scanned { user: nickname },
     };
     match gw.registry.push(fd, ticket.as_deref(), frame) {
-        Err(BusError::NoSuchClient) if gw.shutdown.is_cancelled() => Err(BusError::ShuttingDown),
-        other => other,
+        Ok(pushed) => Outcome::Delivery(kind, pushed),
+        Err(BusError::NoSuchClient) if gw.shutdown.is_cancelled() => {
+            Outcome::Now(Err(BusError::ShuttingDown))
+        }
+        Err(e) => Outcome::Now(Err(e)),
     }
 }

@@ -136,7 +136,8 @@ pub struct Config {
     pub notify_require_ticket: bool,
 
     /// Shared secret every bus line must carry in `secret` (answered
-    /// `unauthorized` otherwise). Unset or empty: no check.
+    /// `unauthorized`, then the connection is closed); at least 32 bytes.
+    /// Unset or empty: no check, allowed only on a loopback --notify-listen.
     #[arg(
         long,
         env = "NOTIFY_SECRET",
@@ -167,6 +168,42 @@ pub struct Config {
         value_name = "ADDR|CIDR,..."
     )]
     pub trusted_proxy: Vec<String>,
+
+    /// Origins (scheme://host[:port]) whose pages may open the WebSocket,
+    /// comma-separated; `https://*.example.com` allows any subdomain. An
+    /// upgrade from another origin is refused with HTTP 403. Unset: only
+    /// same-origin pages (and clients that send no Origin, which browsers
+    /// always do).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN,..."
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket connections from one client address (IPv6 counted
+    /// per /64; the address as --trusted-proxy defines it); past it the
+    /// upgrade is refused with HTTP 429. 0 = no per-address limit.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// A notify-bus connection that sends no complete line for this long is
+    /// closed (at the 1,024-connection cap, the longest-idle one is closed
+    /// to make room for a new one).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_NOTIFY_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        value_name = "SECONDS"
+    )]
+    pub notify_idle_timeout_seconds: u64,
 
     /// Demo only: the wechat-sim base URL the login page offers a
     /// "simulate scan" button for. Empty (default): no button.
@@ -201,7 +238,22 @@ pub enum ConfigError {
     BadUrl { flag: &'static str, value: String },
     #[error("--trusted-proxy: `{entry}` is neither an IP address nor a CIDR range")]
     BadTrustedProxy { entry: String },
+    #[error(
+        "--notify-listen {addr} is not a loopback address: set --notify-secret (NOTIFY_SECRET) \
+         too, or anyone who reaches that port can log pages in"
+    )]
+    OpenBusWithoutSecret { addr: SocketAddr },
+    #[error(
+        "--notify-secret must be at least {MIN_SECRET_BYTES} bytes; generate one with \
+         `openssl rand -hex 32`"
+    )]
+    ShortSecret,
+    #[error("--allowed-origins: {0}")]
+    BadOrigin(String),
 }
+
+/// The shortest `--notify-secret` accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The checked settings.
 #[derive(Debug, Clone)]
@@ -218,6 +270,9 @@ pub struct Settings {
     pub notify_secret: Option<Secret>,
     pub qr_mint_rate: u32,
     pub trusted_proxies: Vec<IpNet>,
+    pub allowed_origins: Vec<crate::origin::AllowedOrigin>,
+    pub max_connections_per_ip: u32,
+    pub notify_idle_timeout: Duration,
     pub demo_sim_url: String,
 }
 
@@ -245,6 +300,26 @@ impl Config {
             .filter(|e| !e.is_empty())
             .map(parse_proxy)
             .collect::<Result<Vec<_>, _>>()?;
+        let notify_secret = self.notify_secret.clone().filter(|s| !s.is_empty());
+        if notify_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < MIN_SECRET_BYTES)
+        {
+            return Err(ConfigError::ShortSecret);
+        }
+        if notify_secret.is_none() && !self.notify_listen.ip().is_loopback() {
+            return Err(ConfigError::OpenBusWithoutSecret {
+                addr: self.notify_listen,
+            });
+        }
+        let allowed_origins = self
+            .allowed_origins
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(crate::origin::AllowedOrigin::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ConfigError::BadOrigin)?;
         Ok(Settings {
             app_id,
             app_secret,
@@ -254,9 +329,12 @@ impl Config {
             idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             notify_require_ticket: self.notify_require_ticket,
-            notify_secret: self.notify_secret.clone().filter(|s| !s.is_empty()),
+            notify_secret,
             qr_mint_rate: self.qr_mint_rate,
             trusted_proxies,
+            allowed_origins,
+            max_connections_per_ip: self.max_connections_per_ip,
+            notify_idle_timeout: Duration::from_secs(self.notify_idle_timeout_seconds),
             demo_sim_url: self.demo_sim_url.clone(),
         })
     }
@@ -291,6 +369,18 @@ impl Config {
             (
                 "trusted_proxy",
                 format!("{:?}", self.trusted_proxy.join(",")),
+            ),
+            (
+                "allowed_origins",
+                format!("{:?}", self.allowed_origins.join(",")),
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.to_string(),
+            ),
+            (
+                "notify_idle_timeout_seconds",
+                self.notify_idle_timeout_seconds.to_string(),
             ),
             ("demo_sim_url", q(&self.demo_sim_url)),
         ];
@@ -402,6 +492,30 @@ mod tests {
     }
 
     #[test]
+    fn the_bus_is_private_or_secret() {
+        let base = ["--app-id", "wx", "--app-secret", "s"];
+        let with = |extra: &[&str]| {
+            let mut all: Vec<&str> = base.to_vec();
+            all.extend_from_slice(extra);
+            parse(&all).validate()
+        };
+        let e = with(&["--notify-listen", "0.0.0.0:9999"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("--notify-listen") && msg.contains("--notify-secret"),
+            "{msg}"
+        );
+        assert!(with(&["--notify-listen", "[::1]:9999"]).is_ok());
+        assert!(with(&["--notify-listen", "127.0.0.2:9999"]).is_ok());
+        assert!(matches!(
+            with(&["--notify-secret", "short"]),
+            Err(ConfigError::ShortSecret)
+        ));
+        let long = "k".repeat(MIN_SECRET_BYTES);
+        assert!(with(&["--notify-listen", "0.0.0.0:9999", "--notify-secret", &long]).is_ok());
+    }
+
+    #[test]
     fn trusted_proxies_take_addresses_and_ranges() {
         let s = parse(&[
             "--app-id",
@@ -425,10 +539,11 @@ mod tests {
             "--app-secret",
             "hunter2",
             "--notify-secret",
-            "swordfish",
+            "swordfish-swordfish-swordfish-swordfish",
         ]);
         let s = c.summary();
         assert!(!s.contains("hunter2") && !s.contains("swordfish"));
+        assert!(c.validate().is_ok());
         assert!(s.contains("app_secret = \"<set>\""));
         assert!(format!("{c:?}").contains("<redacted>"));
     }

@@ -12,7 +12,11 @@
 //!   minting and refresh);
 //! - [`qr`]: WeChat `qrcode/create` calls, the `qrcode_url` frame, backoff;
 //! - [`bus`]: the notify bus listener (NDJSON, pipelined, half-close);
-//! - [`ratelimit`]: `--qr-mint-rate` token buckets per client IP;
+//! - [`delivery`]: whether a push reached its page (`ok` means written);
+//! - [`ratelimit`]: `--qr-mint-rate` token buckets and
+//!   `--max-connections-per-ip` counts per client IP;
+//! - [`origin`]: which pages may open a WebSocket (`--allowed-origins`);
+//! - [`page_info`]: each page's address and User-Agent for `scanned`;
 //! - [`client_ip`]: the client address behind `--trusted-proxy`;
 //! - [`metrics`]: the Prometheus counters;
 //! - [`page`]: the embedded login page and browser client;
@@ -24,8 +28,11 @@
 pub mod bus;
 pub mod client_ip;
 pub mod config;
+pub mod delivery;
 pub mod metrics;
+pub mod origin;
 pub mod page;
+pub mod page_info;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
@@ -50,8 +57,9 @@ pub use config::{Config, ConfigError, Settings};
 use client_ip::TrustedProxies;
 use metrics::Metrics;
 use page::Pages;
+use page_info::PageInfos;
 use qr::Minter;
-use ratelimit::MintLimiter;
+use ratelimit::{ConnLimiter, MintLimiter};
 use registry::Registry;
 
 /// Extra HTTP connections allowed above `--max-connections`, so page loads,
@@ -78,6 +86,8 @@ pub(crate) struct Gateway {
     pub registry: Registry,
     pub minter: Arc<Minter>,
     pub limiter: MintLimiter,
+    pub conn_limiter: ConnLimiter,
+    pub page_infos: PageInfos,
     pub trusted: TrustedProxies,
     pub metrics: Arc<Metrics>,
     pub pages: Pages,
@@ -120,6 +130,8 @@ pub async fn run(
             Arc::clone(&metrics),
         )),
         limiter: MintLimiter::new(settings.qr_mint_rate),
+        conn_limiter: ConnLimiter::new(settings.max_connections_per_ip),
+        page_infos: PageInfos::default(),
         trusted: TrustedProxies::new(settings.trusted_proxies.clone()),
         metrics,
         pages: Pages::new(&settings.demo_sim_url),
@@ -129,7 +141,13 @@ pub async fn run(
         settings,
     });
 
-    info!(http = %http_addr, notify = %notify_addr, "listening");
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        app_id = %gw.settings.app_id,
+        http = %http_addr,
+        notify = %notify_addr,
+        "listening"
+    );
     tracing::debug!(
         app_id = %gw.settings.app_id,
         wechat_api_base = %gw.settings.wechat_api_base,
@@ -197,7 +215,8 @@ async fn sweep(gw: Arc<Gateway>) {
                 let now = Instant::now();
                 let counts = gw.registry.sweep(now);
                 let buckets = gw.limiter.sweep(now);
-                tracing::trace!(live = counts.live, tombstones = counts.tombstones, buckets, "swept");
+                let pages = gw.page_infos.sweep();
+                tracing::trace!(live = counts.live, tombstones = counts.tombstones, buckets, pages, "swept");
             }
         }
     }

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub ws_accepted: Counter,
     /// Upgrades refused with 503 (`--max-connections`, or shutting down).
     pub ws_refused: Counter,
+    /// Upgrades refused with 403: the page's origin is not allowed.
+    pub ws_origin_refused: Counter,
+    /// Upgrades refused with 429: `--max-connections-per-ip`.
+    pub ws_ip_refused: Counter,
     pub ws_idle_closed: Counter,
     /// Connections closed because a write to the browser stalled.
     pub ws_write_stalled: Counter,
@@ -34,6 +38,9 @@ pub struct Metrics {
     /// `scan_success` frames sent to browsers.
     pub pushes: Counter,
     pub bus_connections: Gauge,
+    /// Bus connections closed for idling or evicted at the cap.
+    pub bus_idle_closed: Counter,
+    pub bus_evicted: Counter,
     pub bus_lines: [Counter; BUS_RESULTS],
     pub wechat_api_latency: Histogram,
 }
@@ -72,6 +79,15 @@ impl Metrics {
                 "ws_gateway_connections_refused_total",
                 "WebSocket upgrades refused with 503 (max connections or shutdown).",
                 self.ws_refused.get(),
+            )
+            .counters(
+                "ws_gateway_connections_forbidden_total",
+                "WebSocket upgrades refused before opening, by reason.",
+                "reason",
+                [
+                    ("origin", self.ws_origin_refused.get()),
+                    ("per_ip_limit", self.ws_ip_refused.get()),
+                ],
             )
             .counter(
                 "ws_gateway_connections_idle_closed_total",
@@ -126,6 +142,15 @@ impl Metrics {
                 "ws_gateway_bus_connections_open",
                 "Notify bus connections open now.",
                 self.bus_connections.get(),
+            )
+            .counters(
+                "ws_gateway_bus_connections_closed_total",
+                "Notify bus connections closed by the gateway, by reason.",
+                "reason",
+                [
+                    ("idle", self.bus_idle_closed.get()),
+                    ("evicted", self.bus_evicted.get()),
+                ],
             )
             .counters(
                 "ws_gateway_bus_lines_total",

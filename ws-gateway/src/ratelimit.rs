@@ -1,8 +1,12 @@
-//! `--qr-mint-rate`: a token bucket per client IP (IPv6 per /64, since one
-//! subscriber usually holds a whole /64) so one visitor cannot drain the
-//! account's daily quota of temporary QR codes. The map is bounded
-//! ([`MAX_BUCKETS`]); full (idle) buckets are evicted, because a full
-//! bucket is the same as no bucket.
+//! Per-client-IP limits (IPv6 per /64, since one subscriber usually holds
+//! a whole /64):
+//! - `--qr-mint-rate` ([`MintLimiter`]): a token bucket per client IP so
+//!   one visitor cannot drain the account's daily quota of temporary QR
+//!   codes. The map is bounded ([`MAX_BUCKETS`]); full (idle) buckets are
+//!   evicted, because a full bucket is the same as no bucket.
+//! - `--max-connections-per-ip` ([`ConnLimiter`]): open WebSockets per
+//!   client IP, so one client cannot take every browser slot. The map holds
+//!   only addresses with open connections.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -99,6 +103,66 @@ impl Bucket {
 }
 
 /// The address a bucket is kept under: IPv4 as is, IPv6 by its /64.
+/// Open WebSocket connections per client IP.
+pub struct ConnLimiter {
+    /// 0 = unlimited.
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl ConnLimiter {
+    pub fn new(max: u32) -> ConnLimiter {
+        ConnLimiter {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a new connection from `ip`; `false` (nothing counted) when it
+    /// already has the most allowed.
+    pub fn try_acquire(&self, ip: IpAddr) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let mut map = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(bucket_key(ip)).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                map.remove(&bucket_key(ip));
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A connection counted by [`ConnLimiter::try_acquire`] has closed.
+    pub fn release(&self, ip: IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let key = bucket_key(ip);
+        let mut map = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&key);
+            }
+        }
+        if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+            map.shrink_to_fit();
+        }
+    }
+
+    /// Client addresses (or /64s) with open connections.
+    pub fn tracked(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
 fn bucket_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
@@ -113,6 +177,27 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn connections_per_ip_are_capped_and_given_back() {
+        let l = ConnLimiter::new(2);
+        let a = ip("203.0.113.1");
+        assert!(l.try_acquire(a) && l.try_acquire(a));
+        assert!(!l.try_acquire(a));
+        assert!(l.try_acquire(ip("203.0.113.2")));
+        // One /64 is one client.
+        assert!(l.try_acquire(ip("2001:db8::1")) && l.try_acquire(ip("2001:db8::2")));
+        assert!(!l.try_acquire(ip("2001:db8::ffff")));
+        assert!(l.try_acquire(ip("2001:db8:0:1::1")));
+        l.release(a);
+        assert!(l.try_acquire(a));
+        for _ in 0..2 {
+            l.release(a);
+        }
+        l.release(ip("203.0.113.2"));
+        assert_eq!(l.tracked(), 2, "only the IPv6 /64s still hold connections");
+        assert!(ConnLimiter::new(0).try_acquire(a));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

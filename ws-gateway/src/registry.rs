@@ -18,6 +18,13 @@
 //! `client_busy` and nothing is buffered (slow consumers are refused, not
 //! buffered, and the WebSocket task closes a socket whose writes stall).
 //!
+//! **Delivery.** Each queued push carries a [`Receipt`] that the
+//! connection task settles once the frame is written to the socket (or
+//! not); the bus answers `ok` only for a written frame (see `delivery`). A
+//! push dropped unwritten (the page went away, the write failed) settles
+//! as failed, and the bus answers `no_such_client`: a login is never
+//! counted for a page that did not get it.
+//!
 //! **fd reuse.** A closed connection whose code can still be scanned
 //! leaves a tombstone until that code's expiry plus [`TOMBSTONE_GRACE`];
 //! drawing skips live fds and live tombstones, so a late scan event can
@@ -26,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -34,6 +41,8 @@ use protocol::bus::BusError;
 use protocol::ws::ServerFrame;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
+
+use crate::delivery::{self, Receipt, Verdict};
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
@@ -93,7 +102,25 @@ struct Entry {
     /// When the last code minted for this fd can no longer be scanned
     /// (plus [`TOMBSTONE_GRACE`]).
     reserved_until: Option<Instant>,
-    queue: Vec<ServerFrame>,
+    queue: Vec<Push>,
+    /// The answer line to a `scanned` request (the page's address and
+    /// User-Agent), shared by every page with the same pair.
+    page: Option<Arc<[u8]>>,
+}
+
+/// A push waiting for its connection task.
+pub struct Push {
+    pub frame: ServerFrame,
+    /// Settled by the connection task once the frame is written (or not).
+    pub receipt: Receipt,
+}
+
+/// A push accepted by [`Registry::push`].
+pub struct Pushed {
+    /// Whether the frame reached the page's socket.
+    pub verdict: Verdict,
+    /// The page's `scanned` answer line, if one was set.
+    pub page: Option<Arc<[u8]>>,
 }
 
 /// What the registry keeps of a ticket.
@@ -175,6 +202,7 @@ impl Registry {
                         spent: false,
                         reserved_until: None,
                         queue: Vec::new(),
+                        page: None,
                     })),
                 );
                 return Some(fd);
@@ -195,8 +223,15 @@ impl Registry {
         }
     }
 
+    /// Keeps the `scanned` answer line describing the page on `fd`.
+    pub fn set_page(&self, fd: u32, page: Arc<[u8]>) {
+        if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
+            e.page = Some(page);
+        }
+    }
+
     /// Takes every push waiting for `fd`.
-    pub fn take_pushes(&self, fd: u32) -> Vec<ServerFrame> {
+    pub fn take_pushes(&self, fd: u32) -> Vec<Push> {
         match self.shard(fd).get_mut(&fd) {
             Some(Slot::Live(e)) => std::mem::take(&mut e.queue),
             _ => Vec::new(),
@@ -226,9 +261,16 @@ impl Registry {
     /// Queues `frame` for the browser on `fd` and wakes its task.
     ///
     /// With a `ticket`, it must be the connection's current unspent ticket,
-    /// and it is spent by this push. Errors: `no_such_client`,
-    /// `ticket_mismatch`, `client_busy` (queue full; nothing is spent).
-    pub fn push(&self, fd: u32, ticket: Option<&str>, frame: ServerFrame) -> Result<(), BusError> {
+    /// and a `scan_success` push spends it (a `scanned` one spends
+    /// nothing). Errors: `no_such_client`, `ticket_mismatch`,
+    /// `client_busy` (queue full; nothing is spent).
+    pub fn push(
+        &self,
+        fd: u32,
+        ticket: Option<&str>,
+        frame: ServerFrame,
+    ) -> Result<Pushed, BusError> {
+        let spends = matches!(frame, ServerFrame::ScanSuccess { .. });
         // Hashed before the lock is taken.
         let wanted = ticket.map(digest);
         let mut shard = self.shard(fd);
@@ -246,20 +288,24 @@ impl Registry {
         if e.queue.len() >= PUSH_QUEUE_CAPACITY {
             return Err(BusError::ClientBusy);
         }
-        if ticket.is_some() {
+        if ticket.is_some() && spends {
             e.spent = true;
         }
-        e.queue.push(frame);
+        let (receipt, verdict) = delivery::pair();
+        e.queue.push(Push { frame, receipt });
         if let Some(w) = &e.waker {
             w.wake_by_ref();
         }
-        Ok(())
+        Ok(Pushed {
+            verdict,
+            page: e.page.clone(),
+        })
     }
 
     /// Unregisters `fd`: it becomes a tombstone while its last code can
     /// still be scanned, else it is freed. Returns pushes that were still
-    /// waiting.
-    pub fn remove(&self, fd: u32, now: Instant) -> Vec<ServerFrame> {
+    /// waiting (dropping them tells their bus lines `no_such_client`).
+    pub fn remove(&self, fd: u32, now: Instant) -> Vec<Push> {
         let mut shard = self.shard(fd);
         let Some(Slot::Live(e)) = shard.remove(&fd) else {
             return Vec::new();
@@ -362,6 +408,41 @@ mod tests {
         }
     }
 
+    fn push(
+        r: &Registry,
+        fd: u32,
+        ticket: Option<&str>,
+        frame: ServerFrame,
+    ) -> Result<(), BusError> {
+        r.push(fd, ticket, frame).map(drop)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_reports_whether_it_was_written() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let fd = r.register_with(now, seq(&[3])).unwrap();
+        r.set_code(fd, "t", now + Duration::from_secs(60));
+        r.set_page(fd, Arc::from(&b"page"[..]));
+        let soon = || tokio::time::Instant::now() + delivery::PATIENCE;
+        // `scanned` spends nothing and carries the page's answer.
+        let scanned = r
+            .push(fd, Some("t"), ServerFrame::Scanned { user: "a".into() })
+            .unwrap();
+        assert_eq!(scanned.page.as_deref(), Some(&b"page"[..]));
+        let mut push = r.take_pushes(fd).remove(0);
+        assert!(push.receipt.begin());
+        push.receipt.finish(true);
+        assert_eq!(
+            scanned.verdict.wait(soon()).await,
+            delivery::Delivered::Written
+        );
+        // A push the page never got is reported as not written.
+        let lost = r.push(fd, Some("t"), scan("a")).unwrap().verdict;
+        assert_eq!(r.remove(fd, now).len(), 1);
+        assert_eq!(lost.wait(soon()).await, delivery::Delivered::Gone);
+    }
+
     fn seq(values: &[u32]) -> impl FnMut() -> u32 + '_ {
         let mut i = 0;
         move || {
@@ -442,7 +523,7 @@ mod tests {
                 .tombstones,
             0
         );
-        assert_eq!(r.push(fd, None, scan("a")), Err(BusError::NoSuchClient));
+        assert_eq!(push(&r, fd, None, scan("a")), Err(BusError::NoSuchClient));
     }
 
     #[test]
@@ -451,26 +532,26 @@ mod tests {
         let now = Instant::now();
         let fd = r.register_with(now, seq(&[3])).unwrap();
         assert_eq!(
-            r.push(fd, Some("t1"), scan("a")),
+            push(&r, fd, Some("t1"), scan("a")),
             Err(BusError::TicketMismatch)
         );
         r.set_code(fd, "t1", now + Duration::from_secs(60));
         assert_eq!(
-            r.push(fd, Some("t0"), scan("a")),
+            push(&r, fd, Some("t0"), scan("a")),
             Err(BusError::TicketMismatch)
         );
-        assert_eq!(r.push(fd, Some("t1"), scan("a")), Ok(()));
+        assert_eq!(push(&r, fd, Some("t1"), scan("a")), Ok(()));
         assert_eq!(
-            r.push(fd, Some("t1"), scan("a")),
+            push(&r, fd, Some("t1"), scan("a")),
             Err(BusError::TicketMismatch)
         );
         // Without a ticket nothing is checked or spent.
-        assert_eq!(r.push(fd, None, scan("b")), Ok(()));
+        assert_eq!(push(&r, fd, None, scan("b")), Ok(()));
         assert_eq!(r.take_pushes(fd).len(), 2);
         // A new code is a new, unspent ticket.
         r.set_code(fd, "t2", now + Duration::from_secs(60));
-        assert_eq!(r.push(fd, Some("t2"), scan("c")), Ok(()));
-        assert_eq!(r.push(99, None, scan("x")), Err(BusError::NoSuchClient));
+        assert_eq!(push(&r, fd, Some("t2"), scan("c")), Ok(()));
+        assert_eq!(push(&r, 99, None, scan("x")), Err(BusError::NoSuchClient));
     }
 
     /// A waker that counts its wake-ups.
@@ -499,7 +580,7 @@ mod tests {
         // next poll is ready until the pushes are taken.
         assert!(r.poll_wake(fd, &mut cx).is_pending());
         assert_eq!(woken(), 0);
-        assert_eq!(r.push(fd, None, scan("a")), Ok(()));
+        assert_eq!(push(&r, fd, None, scan("a")), Ok(()));
         assert_eq!(woken(), 1);
         assert!(r.poll_wake(fd, &mut cx).is_ready());
         assert_eq!(r.take_pushes(fd).len(), 1);
@@ -522,12 +603,15 @@ mod tests {
         let fd = r.register_with(now, seq(&[3])).unwrap();
         r.set_code(fd, "t", now);
         for _ in 0..PUSH_QUEUE_CAPACITY {
-            assert_eq!(r.push(fd, None, scan("a")), Ok(()));
+            assert_eq!(push(&r, fd, None, scan("a")), Ok(()));
         }
-        assert_eq!(r.push(fd, Some("t"), scan("a")), Err(BusError::ClientBusy));
+        assert_eq!(
+            push(&r, fd, Some("t"), scan("a")),
+            Err(BusError::ClientBusy)
+        );
         assert_eq!(r.take_pushes(fd).len(), PUSH_QUEUE_CAPACITY);
         // The refused push did not spend the ticket.
-        assert_eq!(r.push(fd, Some("t"), scan("a")), Ok(()));
+        assert_eq!(push(&r, fd, Some("t"), scan("a")), Ok(()));
         assert_eq!(r.remove(fd, now).len(), 1);
     }
 }

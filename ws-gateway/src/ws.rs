@@ -18,7 +18,12 @@
 //!
 //! Slow consumers: a write that cannot complete within [`WRITE_TIMEOUT`]
 //! closes the connection; pushes beyond the registry's small queue are
-//! refused to the bus with `client_busy` rather than buffered.
+//! refused to the bus with `client_busy` rather than buffered. A push is
+//! reported written to the bus only once it is on the socket.
+//!
+//! Before upgrading: the page's `Origin` must be allowed (403, see
+//! `origin`), the client address must be under `--max-connections-per-ip`
+//! (429) and the gateway under `--max-connections` (503).
 
 use std::future::Future;
 use std::io;
@@ -32,8 +37,8 @@ use daemon_kit::http::{Response, text};
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::header::{
-    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    CONNECTION, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE, USER_AGENT,
 };
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, StatusCode};
@@ -122,18 +127,39 @@ pub(crate) fn accept(gw: Arc<Gateway>, mut req: Request<Incoming>, peer: SocketA
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
     let accept_key = derive_accept_key(key.as_bytes());
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if !crate::origin::allowed(header(ORIGIN), header(HOST), &gw.settings.allowed_origins) {
+        gw.metrics.ws_origin_refused.inc();
+        debug!(%peer, origin = header(ORIGIN).unwrap_or("?"), "upgrade from a foreign origin refused");
+        return text(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open the login WebSocket (see --allowed-origins)\n",
+        );
+    }
     if gw.shutdown.is_cancelled() {
         gw.metrics.ws_refused.inc();
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
+    let Ok(accept_value) = HeaderValue::from_str(&accept_key) else {
+        return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
+    };
     let Ok(permit) = Arc::clone(&gw.ws_permits).try_acquire_owned() else {
         gw.metrics.ws_refused.inc();
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
-    let Ok(accept_value) = HeaderValue::from_str(&accept_key) else {
-        return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
-    };
     let ip = gw.trusted.client_ip(peer.ip(), req.headers());
+    if !gw.conn_limiter.try_acquire(ip) {
+        gw.metrics.ws_ip_refused.inc();
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        );
+    }
+    let page = gw.page_infos.line(ip, header(USER_AGENT).unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(&mut req);
     drop(req);
 
@@ -141,7 +167,7 @@ pub(crate) fn accept(gw: Arc<Gateway>, mut req: Request<Incoming>, peer: SocketA
     // connection; the debug lines carry the fd instead.
     // The upgrade and registration are boxed up front, so the long-lived
     // task holds one pointer instead of their arguments.
-    let opening = Box::pin(open(Arc::clone(&gw), on_upgrade, peer, ip, permit));
+    let opening = Box::pin(open(Arc::clone(&gw), on_upgrade, peer, ip, page, permit));
     gw.ws_tasks.spawn(connection(opening));
 
     let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::new()));
@@ -167,14 +193,36 @@ async fn connection(opening: Pin<Box<impl Future<Output = Option<Conn>>>>) {
     }
 }
 
+/// Gives back the per-IP place of a connection that never got as far as
+/// a [`Conn`] (which gives it back itself when dropped).
+struct IpPlace<'a> {
+    gw: &'a Gateway,
+    ip: IpAddr,
+    armed: bool,
+}
+
+impl Drop for IpPlace<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gw.conn_limiter.release(self.ip);
+        }
+    }
+}
+
 /// Completes the upgrade and registers the connection under a fresh fd.
 async fn open(
     gw: Arc<Gateway>,
     on_upgrade: OnUpgrade,
     peer: SocketAddr,
     ip: IpAddr,
+    page: Arc<[u8]>,
     permit: OwnedSemaphorePermit,
 ) -> Option<Conn> {
+    let mut place = IpPlace {
+        gw: &gw,
+        ip,
+        armed: true,
+    };
     let upgraded = tokio::select! {
         _ = gw.shutdown.cancelled() => return None,
         u = on_upgrade => match u {
@@ -221,9 +269,13 @@ async fn open(
         .await;
         return None;
     };
+    gw.registry.set_page(fd, page);
     gw.metrics.ws_open.inc();
     gw.metrics.ws_accepted.inc();
     debug!(fd, %peer, %ip, "browser connected");
+    // From here the Conn gives the per-IP place back.
+    place.armed = false;
+    drop(place);
 
     let next_ping = now + ping_every(&gw);
     Some(Conn {
@@ -293,7 +345,10 @@ fn ping_every(gw: &Gateway) -> Duration {
 /// its last code can still be scanned) and the gauge goes down.
 impl Drop for Conn {
     fn drop(&mut self) {
+        // Pushes still queued are dropped unwritten: their bus lines are
+        // answered `no_such_client`.
         self.gw.registry.remove(self.fd, Instant::now());
+        self.gw.conn_limiter.release(self.ip);
         self.gw.metrics.ws_open.dec();
     }
 }
@@ -350,6 +405,12 @@ impl Conn {
         match event {
             Event::Shutdown => {
                 let _ = self.send_pushes().await;
+                let _ = self
+                    .send_error(
+                        WsErrorCode::ShuttingDown,
+                        "the server is restarting; reconnecting".into(),
+                    )
+                    .await;
                 self.close(CloseCode::Away, "server shutting down").await;
                 Err(End::Shutdown)
             }
@@ -436,12 +497,31 @@ impl Conn {
         .await;
     }
 
+    /// Writes the queued pushes and settles each one's receipt: written,
+    /// or not (see `delivery`). A push the bus already gave up on is
+    /// skipped; a write the bus asks to abort closes the connection, so
+    /// the browser never gets a frame the bus reported as failed. On a
+    /// failed write the remaining pushes are dropped, unwritten.
     async fn send_pushes(&mut self) -> Result<(), End> {
         let pushes = self.gw.registry.take_pushes(self.fd);
-        for frame in pushes {
+        for mut push in pushes {
+            if !push.receipt.begin() {
+                debug!(
+                    fd = self.fd,
+                    "push abandoned by the bus before it was written"
+                );
+                continue;
+            }
+            let receipt = &push.receipt;
+            let frame = Frame::message(push.frame.to_json(), OpCode::Data(Data::Text), true);
+            let written = tokio::select! {
+                r = self.send(frame) => r,
+                () = receipt.abort_requested() => Err(End::Stalled),
+            };
+            push.receipt.finish(written.is_ok());
+            written?;
             self.gw.metrics.pushes.inc();
-            self.send_frame(&frame).await?;
-            debug!(fd = self.fd, "scan_success pushed");
+            debug!(fd = self.fd, "push written");
         }
         Ok(())
     }
@@ -630,6 +710,8 @@ mod tests {
             registry: crate::registry::Registry::new(),
             minter: Arc::new(crate::qr::Minter::new(api, 1, "x".into(), metrics.clone())),
             limiter: crate::ratelimit::MintLimiter::new(0),
+            conn_limiter: crate::ratelimit::ConnLimiter::new(0),
+            page_infos: Default::default(),
             trusted: Default::default(),
             metrics,
             pages: crate::page::Pages::new(""),
@@ -642,11 +724,13 @@ mod tests {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let permit = gw.ws_permits.clone().try_acquire_owned().unwrap();
         let tasks = gw.ws_tasks.clone();
+        let page = gw.page_infos.line("127.0.0.1".parse().unwrap(), "ua");
         let opening = Box::pin(open(
             gw,
             on_upgrade,
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1".parse().unwrap(),
+            page,
             permit,
         ));
         let task = tasks.track_future(connection(opening));

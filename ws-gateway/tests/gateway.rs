@@ -130,7 +130,7 @@ async fn qr_code_is_pushed_and_scans_reach_only_their_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bus_error_code_in_the_order_of_checks() {
     let fake = FakeWeChat::start().await;
-    let secret = "bus-secret-1";
+    let secret = "bus-secret-1-0123456789abcdef0123456";
     let gw = Gw::start(
         &fake,
         &["--notify-secret", secret, "--notify-require-ticket"],
@@ -154,7 +154,7 @@ async fn every_bus_error_code_in_the_order_of_checks() {
             err("unauthorized"),
         ),
         (
-            scan(a.fd, "a", Some(&a.ticket), Some("bus-secret-")),
+            scan(a.fd, "a", Some(&a.ticket), Some("bus-secret-1")),
             err("unauthorized"),
         ),
         // Unauthorized beats ticket_required and no_such_client.
@@ -178,6 +178,12 @@ async fn every_bus_error_code_in_the_order_of_checks() {
     ];
     for (line, want) in &cases {
         assert_eq!(&bus.ask(line).await, want, "line {line}");
+        if *want == err("unauthorized") {
+            // Unauthorized lines close the connection: no guessing the
+            // secret line after line.
+            assert_eq!(bus.read_line().await, None, "still open after {line}");
+            bus = Bus::connect(&gw).await;
+        }
     }
     assert_eq!(
         expect_frame(&mut a.ws, "scan_success").await["user"],
@@ -609,7 +615,7 @@ fn help_lists_every_flag_with_its_env_var() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_log() {
     let app_secret = "APPSECRET-7f3e9c5d";
-    let bus_secret = "NOTIFYSECRET-a1b2c3";
+    let bus_secret = "NOTIFYSECRET-a1b2c3-0123456789abcdef";
     let fake = FakeWeChat::start().await;
     let mut args = base_args(&fake);
     // The app secret from the command line, the bus secret from env.
@@ -627,6 +633,7 @@ async fn secrets_never_reach_the_log() {
         bus.ask(&scan(a.fd, "a", None, Some("wrong-secret"))).await,
         err("unauthorized")
     );
+    let mut bus = Bus::connect(&gw).await;
     assert_eq!(bus.ask(&scan(a.fd, "a", None, Some(bus_secret))).await, OK);
     expect_frame(&mut a.ws, "scan_success").await;
     gw.sigterm();
