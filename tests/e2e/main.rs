@@ -7,4 +7,5 @@
 mod deploy_units;
 mod docs;
 mod flows;
+mod security;
 mod stack;

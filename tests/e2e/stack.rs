@@ -171,6 +171,22 @@ impl Stack {
         v["scene_id"].as_u64().expect("scene_id") as u32
     }
 
+    /// The user sends a text message from the phone; returns the
+    /// simulator's answer (`reply` is what WeChat shows).
+    pub async fn message(&self, openid: &str, content: &str) -> Value {
+        let body = serde_json::json!({"openid": openid, "content": content});
+        self.http
+            .post(format!("{}/sim/message", self.sim_url))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The phone scans `ticket`; returns the simulator's answer.
     pub async fn scan(&self, ticket: &str, openid: &str, subscribed: bool) -> Value {
         let body =
@@ -208,8 +224,21 @@ pub struct Browser {
 impl Browser {
     /// Connects to the gateway on `port` and waits for the first QR code.
     pub async fn connect(port: u16) -> Browser {
-        let url = format!("ws://127.0.0.1:{port}/ws");
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(url))
+        Browser::connect_as(port, None).await
+    }
+
+    /// [`Browser::connect`] with a `User-Agent` header, as a browser sends.
+    pub async fn connect_as(port: u16, user_agent: Option<&str>) -> Browser {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://127.0.0.1:{port}/ws")
+            .into_client_request()
+            .unwrap();
+        if let Some(ua) = user_agent {
+            request
+                .headers_mut()
+                .insert("user-agent", ua.parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(request))
             .await
             .expect("connect timed out")
             .expect("connect");

@@ -46,6 +46,17 @@ impl Cb {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Cb {
+        Cb::start_at(&bus.addr, api, db, extra, env).await
+    }
+
+    /// [`Cb::start_env`] with the notify bus at `bus_addr`.
+    async fn start_at(
+        bus_addr: &str,
+        api: Option<&FakeApi>,
+        db: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cb {
         let port = e2e::free_port();
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -53,7 +64,7 @@ impl Cb {
             "--token".into(),
             TOKEN.into(),
             "--notify-addr".into(),
-            bus.addr.clone(),
+            bus_addr.to_string(),
             "--db".into(),
             db.display().to_string(),
         ];
@@ -872,4 +883,160 @@ async fn env_and_file_settings_take_effect_on_the_running_daemon() {
     )
     .await;
     assert_eq!(cb.scan("oEnv3", 3, "t", now()).await.1, "FLAG 1");
+}
+
+/// 0.1.0 answered `success` when the store was locked past its busy
+/// timeout: nothing recorded, nothing pushed, and WeChat never retries
+/// after `success`. Now 503, and WeChat's retry logs the user in once the
+/// lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_is_503_and_the_retry_succeeds() {
+    let bus = FakeBus::start(Mode::Ok).await;
+    let path = db("locked");
+    let cb = Cb::start(&bus, None, &path, &[]).await;
+    // Another writer holds the database.
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let q = signed_query(TOKEN, now());
+    let body = scan_event("oLocked00000000000000000LOCK", 70, "t", false, now());
+    let (status, text) = cb.post(&q, body.clone()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        bus.lines().is_empty(),
+        "nothing pushed for an unrecorded login"
+    );
+    locker.execute_batch("COMMIT").unwrap();
+    drop(locker);
+    // WeChat retries the very same request.
+    let (status, raw) = cb.post(&q, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply_content(&raw).unwrap(),
+        "WeChat user LOCK, login successful! This is your 1st login."
+    );
+    assert_eq!(bus.lines().len(), 1);
+    assert!(
+        cb.metrics()
+            .await
+            .contains("wechat_callback_store_errors_total")
+    );
+}
+
+/// 0.1.0 held a connection slot for as long as a client cared to trickle
+/// its body (30 s and more); a body must now arrive within a few seconds.
+#[tokio::test]
+async fn a_body_that_never_arrives_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bus = FakeBus::start(Mode::Ok).await;
+    let cb = Cb::start(&bus, None, &db("body-timeout"), &[]).await;
+    let addr = cb.url.trim_start_matches("http://").to_string();
+    let q = signed_query(TOKEN, now());
+    for head in [
+        format!("POST /wechat?{q} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"),
+        format!(
+            "POST /wechat?{q} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n4\r\n<xml\r\n"
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Nothing more is sent; the server must answer on its own.
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("the callback kept waiting for the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert!(bus.lines().is_empty());
+    assert!(cb.metrics().await.contains(r#"outcome="body_timeout"} 2"#));
+}
+
+/// 0.1.0's bus client never consumed an over-long answer line and spun at
+/// 100% CPU: whoever squatted the bus port (while the gateway restarted)
+/// hung the callback for good, `/healthz` included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatter_on_the_bus_port_cannot_hang_the_callback() {
+    use tokio::io::AsyncWriteExt;
+    let squatter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = squatter.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = squatter.accept().await {
+            // An endless answer: 70 KiB and never a newline.
+            let _ = s.write_all(&vec![b'x'; 70 * 1024]).await;
+            held.push(s);
+        }
+    });
+    let cb = Cb::start_at(&addr, None, &db("squat"), &[], &[]).await;
+    for (i, openid) in [
+        "oSquat0000000000000000000SQ01",
+        "oSquat0000000000000000000SQ02",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, reply) = cb.scan(openid, 80 + i as u32, "t", now() + i as i64).await;
+        assert_eq!(status, 200);
+        assert!(reply.contains("refresh the login page"), "{reply}");
+        let health = cb
+            .http
+            .get(format!("{}/healthz", cb.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("healthz answers");
+        assert_eq!(health.status(), 200);
+    }
+}
+
+#[test]
+fn weak_or_contradictory_settings_are_refused() {
+    let base = ["--token", TOKEN, "--check-config", "--db"];
+    let dir = temp_dir("weak");
+    let db = dir.join("x.db");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.push(db.to_str().unwrap());
+        args.extend_from_slice(extra);
+        run_to_end(&bin(), &args, &[])
+    };
+    let (status, _, err) = run(&["--login-token-secret", "short"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--login-token-secret") && err.contains("32"),
+        "{err}"
+    );
+    let (status, _, err) = run(&["--notify-secret", "0123456789"]);
+    assert!(!status.success());
+    assert!(err.contains("--notify-secret"), "{err}");
+    let (status, _, err) = run(&["--message-mode", "safe"]);
+    assert!(!status.success());
+    assert!(err.contains("--encoding-aes-key"), "{err}");
+    let (status, _, err) = run(&["--message-mode", "compatible"]);
+    assert!(!status.success(), "{err}");
+    let (status, _, err) = run(&["--confirm-template", "{nam}, reply 1"]);
+    assert!(!status.success());
+    assert!(err.contains("{nam}"), "{err}");
+    let (status, out, err) = run(&[
+        "--login-token-secret",
+        "0123456789abcdef0123456789abcdef",
+        "--encoding-aes-key",
+        KEY1,
+        "--message-mode",
+        "compatible",
+    ]);
+    assert!(status.success(), "{out}{err}");
+}
+
+#[tokio::test]
+async fn starting_without_a_login_token_secret_warns() {
+    let bus = FakeBus::start(Mode::Ok).await;
+    let mut cb = Cb::start(&bus, None, &db("nojwt"), &[]).await;
+    assert!(cb.daemon.terminate().success());
+    let log = cb.daemon.stderr();
+    assert!(
+        log.contains("WARN") && log.contains("--login-token-secret is not set"),
+        "{log}"
+    );
 }
