@@ -2,9 +2,11 @@
 //! once: layered configuration ([`config`]), secrets that never print
 //! ([`Secret`]), one shutdown signal ([`shutdown`]), logging
 //! ([`telemetry`]), the HTTP accept loop ([`http`]), Prometheus text
-//! ([`metrics`]) and systemd readiness and watchdog ([`systemd`]).
+//! ([`metrics`]), readiness for `/healthz` ([`health`]) and systemd
+//! readiness and watchdog ([`systemd`]).
 
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod shutdown;

@@ -9,3 +9,4 @@ mod docs;
 mod flows;
 mod security;
 mod stack;
+mod startup;

@@ -134,6 +134,13 @@ impl Daemon {
             .status();
     }
 
+    /// The exit status, if the process has exited (without waiting).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// Waits for the process to exit; panics after `limit`.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;

@@ -45,6 +45,10 @@ pub enum ApiError {
     BadAnswer(String),
 }
 
+/// Errcodes that no retry can fix: the account's credentials or this
+/// server's address are wrong, and only the operator can change that.
+pub const CREDENTIAL_ERRCODES: [i64; 5] = [40013, 40125, 40164, 41002, 41004];
+
 impl ApiError {
     /// The WeChat errcode, when there is one.
     pub fn errcode(&self) -> Option<i64> {
@@ -52,6 +56,37 @@ impl ApiError {
             ApiError::WeChat { errcode, .. } => Some(*errcode),
             _ => None,
         }
+    }
+
+    /// Whether retrying cannot help (see [`CREDENTIAL_ERRCODES`]).
+    pub fn is_credential_error(&self) -> bool {
+        self.errcode()
+            .is_some_and(|c| CREDENTIAL_ERRCODES.contains(&c))
+    }
+
+    /// Whether retrying the same call soon cannot help: a credential error,
+    /// an API this account may not use (48001), or the day's quota spent
+    /// (45009).
+    pub fn is_permanent(&self) -> bool {
+        self.is_credential_error() || matches!(self.errcode(), Some(48001 | 45009))
+    }
+
+    /// What the operator should do about a credential error.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self.errcode()? {
+            40013 => {
+                "the AppID is not valid: check --app-id against the WeChat console (Settings and development → Basic configuration)"
+            }
+            40125 => {
+                "the AppSecret is not valid: check it in the WeChat console (Basic configuration → AppSecret; resetting it there invalidates the old one)"
+            }
+            40164 => {
+                "this server's IP address is not on the account's IP whitelist: add it in the WeChat console (Basic configuration → IP whitelist)"
+            }
+            41002 => "the AppID is missing: set --app-id",
+            41004 => "the AppSecret is missing: set --app-secret or WECHAT_APP_SECRET",
+            _ => return None,
+        })
     }
 }
 
@@ -61,6 +96,15 @@ impl ApiError {
 /// here, so no log line can show a token.
 fn transport(e: reqwest::Error) -> ApiError {
     ApiError::Transport(e.without_url().to_string())
+}
+
+/// The start-up error for a credential errcode: the code, WeChat's
+/// message and what to do.
+pub fn credential_message(e: &ApiError) -> String {
+    match e.hint() {
+        Some(hint) => format!("cannot get a WeChat access token: {e}; {hint}"),
+        None => format!("cannot get a WeChat access token: {e}"),
+    }
 }
 
 /// Where and as whom to call the API.
@@ -153,6 +197,77 @@ impl WeChatApi {
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.config.base.trim_end_matches('/'), path)
+    }
+
+    /// Fetches an access token at start: `Ok` once one is had; a credential
+    /// error (see [`ApiError::is_credential_error`]) is returned at once;
+    /// any other error is reported to `on_retry` and retried with backoff
+    /// (1 s doubling to 60 s); the caller bounds it (e.g. with shutdown).
+    pub async fn first_token(
+        &self,
+        mut on_retry: impl FnMut(&ApiError, Duration),
+    ) -> Result<(), ApiError> {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.access_token().await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_credential_error() => return Err(e),
+                Err(e) => {
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// The start-up token fetch every daemon with an AppSecret does: `Ok`
+    /// when a token was had at once; `Err` with what to do about it for a
+    /// credential error (the daemon must not start); for any other error
+    /// `Ok` too, with `health` not ready (503 with the reason) while a
+    /// background task retries with backoff, ready once a token is had, and
+    /// failed (shutting the daemon down) if a credential error turns up.
+    pub async fn start_up(
+        &self,
+        health: &std::sync::Arc<daemon_kit::health::Health>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
+        match self.access_token().await {
+            Ok(_) => {
+                tracing::info!("access token fetched");
+                Ok(())
+            }
+            Err(e) if e.is_credential_error() => Err(credential_message(&e)),
+            Err(e) => {
+                health.not_ready(format!("no WeChat access token yet: {e}"));
+                let (api, health, shutdown) = (
+                    self.clone(),
+                    std::sync::Arc::clone(health),
+                    shutdown.clone(),
+                );
+                tokio::spawn(async move {
+                    let retry = api.first_token(|e, delay| {
+                        tracing::warn!(cause = %e, retry_in_s = delay.as_secs(), "no WeChat access token yet; retrying");
+                        health.not_ready(format!("no WeChat access token yet: {e}"));
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        r = retry => match r {
+                            Ok(()) => {
+                                tracing::info!("access token fetched");
+                                health.ready();
+                            }
+                            Err(e) => {
+                                let msg = credential_message(&e);
+                                tracing::error!("{msg}");
+                                health.fail(msg, &shutdown);
+                            }
+                        },
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// The current access token (from the cache, or fetched).

@@ -44,7 +44,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         (&Method::GET, "/wechat") => get(&app, &req, peer),
         (_, "/wechat") => text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n"),
         (&Method::GET, "/healthz") => match app.store.ping().await {
-            Ok(()) => text(StatusCode::OK, "ok\n"),
+            Ok(()) => match app.health.check() {
+                Ok(()) => text(StatusCode::OK, "ok\n"),
+                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+            },
             Err(e) => {
                 warn!(cause = %e, "health check: store unavailable");
                 text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")

@@ -44,6 +44,8 @@ pub struct App {
     pub inflight: dispatch::Inflight,
     /// Work that must finish before the process exits.
     pub tasks: TaskTracker,
+    /// Not ready while no access token could be had (`/healthz` 503).
+    pub health: Arc<daemon_kit::health::Health>,
 }
 
 /// Seconds since the Unix epoch.
@@ -82,6 +84,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         metrics: metrics::Metrics::default(),
         inflight: dispatch::Inflight::default(),
         tasks: TaskTracker::new(),
+        health: Arc::default(),
     }))
 }
 
@@ -98,6 +101,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = build(&config)?;
+    // A wrong AppID or AppSecret, or an address off the IP whitelist, ends
+    // the start here, saying what to fix; a passing fault only holds
+    // /healthz at 503 until a token is had.
+    if let Some(api) = &app.api
+        && let Err(msg) = api.start_up(&app.health, &shutdown).await
+    {
+        anyhow::bail!(msg);
+    }
     let pruner = {
         let app = app.clone();
         let shutdown = shutdown.clone();
@@ -152,6 +163,9 @@ pub async fn run(
     app.tasks.close();
     if tokio::time::timeout(GRACE, app.tasks.wait()).await.is_err() {
         tracing::warn!("callback work still running after the grace period");
+    }
+    if let Some(reason) = app.health.failure() {
+        anyhow::bail!(reason);
     }
     tracing::info!("wechat-callback stopped");
     Ok(())

@@ -202,7 +202,7 @@ async fn answer_lines(
             // Lines already read have been answered; stop reading.
             _ = gw.shutdown.cancelled() => break After::Finish,
             _ = closing.cancelled() => {
-                gw.metrics.bus_idle_closed.inc();
+                // Counted as evicted by the accept loop.
                 debug!("bus connection evicted to make room");
                 break After::Finish;
             }

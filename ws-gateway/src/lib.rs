@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use daemon_kit::health::Health;
 use daemon_kit::http::ServeOptions;
 use daemon_kit::shutdown::GRACE;
 use tokio::net::TcpListener;
@@ -96,6 +97,8 @@ pub(crate) struct Gateway {
     /// Every browser connection task, so shutdown can wait for them.
     pub ws_tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Not ready while no access token could be had (`/healthz` 503).
+    pub health: Arc<Health>,
 }
 
 /// Serves until `shutdown` is cancelled, then closes every browser
@@ -121,6 +124,13 @@ pub async fn run(
         timeout: qr::API_TIMEOUT,
     })
     .context("cannot build the WeChat API client")?;
+    // A wrong AppID or AppSecret, or an address off the IP whitelist, ends
+    // the start here, saying what to fix; a passing fault only holds
+    // /healthz at 503 until a token is had.
+    let health = Arc::new(Health::default());
+    if let Err(msg) = api.start_up(&health, &shutdown).await {
+        anyhow::bail!(msg);
+    }
     let gw = Arc::new(Gateway {
         registry: Registry::new(),
         minter: Arc::new(Minter::new(
@@ -138,6 +148,7 @@ pub async fn run(
         ws_permits: Arc::new(Semaphore::new(settings.max_connections)),
         ws_tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        health,
         settings,
     });
 
@@ -200,6 +211,9 @@ pub async fn run(
         warn!("some connections were still open after the grace period");
     }
     sweeper.abort();
+    if let Some(reason) = gw.health.failure() {
+        anyhow::bail!(reason);
+    }
     info!("stopped");
     Ok(())
 }

@@ -106,7 +106,17 @@ impl Minter {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(fd, cause = %e, "WeChat qrcode/create failed; retrying with backoff");
+            match e.hint() {
+                Some(hint) => tracing::error!(fd, cause = %e, hint, "WeChat qrcode/create refused"),
+                None if e.is_permanent() => {
+                    tracing::error!(fd, cause = %e, "WeChat qrcode/create refused; not retried")
+                }
+                None => tracing::warn!(
+                    fd,
+                    cause = %e,
+                    "WeChat qrcode/create failed; retrying with backoff"
+                ),
+            }
         } else {
             tracing::debug!(fd, cause = %e, "WeChat qrcode/create failed");
         }

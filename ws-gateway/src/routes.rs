@@ -42,6 +42,8 @@ pub(crate) async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: Socke
         "/healthz" => {
             if gw.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if let Err(reason) = gw.health.check() {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
             } else {
                 text(StatusCode::OK, "ok")
             }

@@ -498,10 +498,10 @@ impl Conn {
     }
 
     /// Writes the queued pushes and settles each one's receipt: written,
-    /// or not (see `delivery`). A push the bus already gave up on is
-    /// skipped; a write the bus asks to abort closes the connection, so
-    /// the browser never gets a frame the bus reported as failed. On a
-    /// failed write the remaining pushes are dropped, unwritten.
+    /// or not (see `delivery`). A push the bus already gave up on, or a
+    /// write the bus asks to abort, closes the connection, so the browser
+    /// never gets a frame the bus reported as failed. On a failed write the
+    /// remaining pushes are dropped, unwritten.
     async fn send_pushes(&mut self) -> Result<(), End> {
         let pushes = self.gw.registry.take_pushes(self.fd);
         for mut push in pushes {
@@ -585,6 +585,16 @@ impl Conn {
                 self.backoff.reset();
                 let frame = self.gw.minter.frame(&qr);
                 self.send_frame(&frame).await
+            }
+            Err(e) if e.is_permanent() => {
+                // Logged (rate-limited) by the minter. Retrying cannot help
+                // (credentials, API not allowed, daily quota): say so once;
+                // the page may still ask again with `refresh`.
+                self.send_error(
+                    WsErrorCode::WechatUnavailable,
+                    "WeChat refuses to issue login codes right now; try again later".into(),
+                )
+                .await
             }
             Err(_) => {
                 // Logged (rate-limited) by the minter.
@@ -718,6 +728,7 @@ mod tests {
             ws_permits: Arc::new(tokio::sync::Semaphore::new(1)),
             ws_tasks: Default::default(),
             shutdown: Default::default(),
+            health: Default::default(),
             settings,
         });
         let mut req = hyper::Request::new(());

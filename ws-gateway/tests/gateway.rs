@@ -440,6 +440,27 @@ async fn qr_mint_rate_limits_each_client_ip() {
     expect_error(&mut f, "rate_limited").await;
 }
 
+/// An errcode no retry can fix (here 48001, API not allowed for this
+/// account) is reported once and not retried on its own; the page may ask
+/// again with `refresh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_wechat_errors_are_not_retried() {
+    let fake = FakeWeChat::start().await;
+    fake.set_failing_with(Some(48001));
+    let gw = Gw::start(&fake, &[]).await;
+    let mut a = ws_connect(&gw).await;
+    let e = expect_error(&mut a, "wechat_unavailable").await;
+    assert!(!e["message"].as_str().unwrap().contains("retrying"), "{e}");
+    // A retry would come after 1 s: give it more than that.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(metric(&m, "ws_gateway_qr_failed_total"), Some(1.0));
+    fake.set_failing_with(None);
+    a.send(Message::text(r#"{"cmd":"refresh"}"#)).await.unwrap();
+    let v = next_json(&mut a).await;
+    assert_eq!(v["message_type"], "qrcode_url", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_failures_are_reported_and_retried() {
     let fake = FakeWeChat::start().await;
@@ -974,4 +995,405 @@ async fn bus_throughput() {
     }
     drop(gw);
     let _ = reader.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_upgrades_are_refused() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    let host = gw.http.to_string();
+    let same_origin = format!("http://{host}");
+
+    // A page on another site: 403 before any code is minted.
+    expect_refused(
+        &gw,
+        &[("origin", "https://evil.example"), ("host", &host)],
+        403,
+    )
+    .await;
+    assert_eq!(fake.creates(), 0, "a refused upgrade minted a code");
+    // The gateway's own page, and a client that sends no Origin.
+    expect_upgrade(&gw, &[("origin", &same_origin), ("host", &host)]).await;
+    expect_upgrade(&gw, &[("host", &host)]).await;
+    assert_eq!(fake.creates(), 2);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_connections_forbidden_total{reason="origin"}"#
+        ),
+        Some(1.0)
+    );
+
+    // An allow-list with a wildcard entry.
+    let gw = Gw::start(
+        &fake,
+        &[
+            "--allowed-origins",
+            "https://*.example.com,https://site.test",
+        ],
+    )
+    .await;
+    let host = gw.http.to_string();
+    let same_origin = format!("http://{host}");
+    for (origin, allowed) in [
+        ("https://a.b.example.com", true),
+        ("https://example.com", false),
+        ("https://evilexample.com", false),
+        ("https://site.test", true),
+        (same_origin.as_str(), true),
+    ] {
+        let headers = [("origin", origin), ("host", host.as_str())];
+        if allowed {
+            expect_upgrade(&gw, &headers).await;
+        } else {
+            expect_refused(&gw, &headers, 403).await;
+        }
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_connections_forbidden_total{reason="origin"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_slot() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(
+        &fake,
+        &[
+            "--max-connections-per-ip",
+            "3",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    let five = [("x-forwarded-for", "203.0.113.5")];
+    let mut fives = Vec::new();
+    for _ in 0..3 {
+        fives.push(expect_upgrade(&gw, &five).await);
+    }
+    expect_refused(&gw, &five, 429).await;
+    // Another client is not affected.
+    let _six = expect_upgrade(&gw, &[("x-forwarded-for", "203.0.113.6")]).await;
+    // IPv6 counts per /64: ::1 and ::2 share three places.
+    let mut v6 = Vec::new();
+    for ip in ["2001:db8::1", "2001:db8::2", "2001:db8::1"] {
+        v6.push(expect_upgrade(&gw, &[("x-forwarded-for", ip)]).await);
+    }
+    expect_refused(&gw, &[("x-forwarded-for", "2001:db8::2")], 429).await;
+    v6.push(expect_upgrade(&gw, &[("x-forwarded-for", "2001:db8:0:1::1")]).await);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_connections_forbidden_total{reason="per_ip_limit"}"#
+        ),
+        Some(2.0)
+    );
+
+    // Closing one of 203.0.113.5's connections frees a place.
+    let mut first = fives.remove(0);
+    first.close(None).await.unwrap();
+    expect_end(&mut first).await;
+    let deadline = Instant::now() + WAIT;
+    let mut again = loop {
+        match try_upgrade(&gw, &five).await {
+            Ok(ws) => break ws,
+            Err(429) => {
+                assert!(Instant::now() < deadline, "the place was never freed");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(status) => panic!("expected 101 or 429, got {status}"),
+        }
+    };
+    expect_frame(&mut again, "qrcode_url").await;
+    // And that was the only free place.
+    expect_refused(&gw, &five, 429).await;
+
+    // Without --trusted-proxy every connection here is 127.0.0.1, whatever
+    // X-Forwarded-For says.
+    let gw2 = Gw::start(&fake, &["--max-connections-per-ip", "2"]).await;
+    let _a = expect_upgrade(&gw2, &[]).await;
+    let _b = expect_upgrade(&gw2, &[("x-forwarded-for", "203.0.113.7")]).await;
+    expect_refused(&gw2, &[("x-forwarded-for", "203.0.113.8")], 429).await;
+    let m = metrics(&gw2).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_connections_forbidden_total{reason="per_ip_limit"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_bus_connections_cannot_block_a_push() {
+    const SILENT: usize = 1_100;
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        let s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(gw.notify))
+            .await
+            .expect("bus connect timed out")
+            .expect("bus connect");
+        silent.push(s);
+    }
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(
+        bus.ask(&scan(a.fd, "Alice", Some(&a.ticket), None)).await,
+        OK
+    );
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+
+    // Every connection past the cap closed the longest-idle one: the 76
+    // silent ones over 1,024, and one more for `bus`.
+    let max = ws_gateway::bus::MAX_BUS_CONNECTIONS;
+    let evicted = (SILENT + 1 - max) as f64;
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_bus_connections_closed_total{reason="evicted"}"#
+        ),
+        Some(evicted)
+    );
+    // The oldest silent connection was one of them.
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read(&mut silent[0], &mut byte),
+    )
+    .await
+    .expect("the oldest silent connection was not closed")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "the oldest silent connection got data");
+    // Evicted tasks leave the gauge as they wind down: it settles at or
+    // under the cap.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open = metric(&metrics(&gw).await, "ws_gateway_bus_connections_open")
+            .expect("the bus connection gauge");
+        if open <= max as f64 {
+            assert!(open > 0.0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} bus connections open, over the cap of {max}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_bus_connections_are_closed() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &["--notify-idle-timeout-seconds", "1"]).await;
+    let mut a = Browser::open(&gw, &fake).await;
+
+    // Bytes without a newline are not activity: closed, nothing answered
+    // (`read_line` waits at most WAIT for the EOF).
+    let mut partial = Bus::connect(&gw).await;
+    partial.write(br#"{"type":"#).await;
+    assert_eq!(partial.read_line().await, None);
+
+    // A connection that sends a complete line every 300 ms stays open.
+    let mut busy = Bus::connect(&gw).await;
+    for i in 0..7 {
+        let nickname = format!("n{i}");
+        assert_eq!(busy.ask(&scan(a.fd, &nickname, None, None)).await, OK);
+        assert_eq!(
+            expect_frame(&mut a.ws, "scan_success").await["user"],
+            nickname.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Once it stops, it is closed as well.
+    assert_eq!(busy.read_line().await, None);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_bus_connections_closed_total{reason="idle"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"ws_gateway_bus_connections_closed_total{reason="evicted"}"#
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_bus_needs_a_secret() {
+    let fake = FakeWeChat::start().await;
+    let mut public = base_args(&fake);
+    let i = public.iter().position(|a| a == "--notify-listen").unwrap();
+    public[i + 1] = "0.0.0.0:0".to_string();
+    let with = |extra: &[&str]| {
+        let mut args = public.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // Neither serving nor --check-config accepts an open bus without a
+    // secret; the reason names both flags.
+    for extra in [&[][..], &["--check-config"][..]] {
+        let (status, _, errs) = run_bounded(&with(extra), &[], WAIT).await;
+        let status = status.unwrap_or_else(|| panic!("{extra:?}: still running:\n{errs}"));
+        assert!(!status.success(), "{extra:?}: {status}");
+        assert!(
+            errs.contains("--notify-listen") && errs.contains("--notify-secret"),
+            "{extra:?}: {errs}"
+        );
+    }
+
+    // With a long secret, the same settings pass.
+    let long = "s".repeat(32);
+    let (status, out, errs) = run_bounded(
+        &with(&["--notify-secret", &long, "--check-config"]),
+        &[],
+        WAIT,
+    )
+    .await;
+    assert!(status.is_some_and(|s| s.success()), "{errs}");
+    assert!(out.contains("notify_listen = \"0.0.0.0:0\""), "{out}");
+    assert!(out.contains("notify_secret = \"<set>\""), "{out}");
+    assert!(!out.contains(&long), "{out}");
+
+    // A short secret is refused, even on loopback, from the flag or env.
+    let short = "0123456789";
+    let loopback: Vec<String> = base_args(&fake);
+    for (extra, env) in [
+        (vec!["--notify-secret", short, "--check-config"], vec![]),
+        (vec!["--notify-secret", short], vec![]),
+        (vec!["--check-config"], vec![("NOTIFY_SECRET", short)]),
+    ] {
+        let mut args = loopback.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (status, _, errs) = run_bounded(&args, &env, WAIT).await;
+        let status = status.unwrap_or_else(|| panic!("{extra:?}: still running:\n{errs}"));
+        assert!(!status.success(), "{extra:?}");
+        assert!(errs.contains("32"), "{extra:?}: {errs}");
+        assert!(!errs.contains(short), "the secret was echoed: {errs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_access_token_in_logs_when_the_api_fails() {
+    let token = "TOKEN-SHOULD-NOT-BE-LOGGED-123";
+    let fake = FakeWeChat::start().await;
+    fake.set_access_token(token);
+    fake.set_create_drops_connection(true);
+    let mut gw = Gw::start_with(&fake, &[], &[("RUST_LOG", "debug")]).await;
+    let mut ws = ws_connect(&gw).await;
+    expect_error(&mut ws, "wechat_unavailable").await;
+    // The token was fetched and qrcode/create reached the fake, which
+    // dropped it: a transport failure, with the token in the URL.
+    assert!(fake.token_fetches() >= 1);
+    assert!(fake.creates() >= 1);
+    let m = metrics(&gw).await;
+    assert!(metric(&m, "ws_gateway_qr_failed_total").unwrap() >= 1.0);
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(8)).await.success());
+    let log = gw.stderr();
+    assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    assert!(
+        log.contains("qrcode/create") && log.contains("WeChat API unreachable"),
+        "the transport failure was not logged:\n{log}"
+    );
+    assert!(!log.contains(token), "the access token leaked:\n{log}");
+    assert!(!log.contains("access_token="), "a token URL leaked:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_expires_in_does_not_crash() {
+    let fake = FakeWeChat::start().await;
+    fake.set_token_expires_in(u64::MAX);
+    let gw = Gw::start(&fake, &[]).await;
+    let a = Browser::open(&gw, &fake).await;
+    assert!(a.code["url"].as_str().unwrap().starts_with(IMAGE_BASE));
+    // The token was cached, not refetched for the next code.
+    let b = Browser::open(&gw, &fake).await;
+    assert_ne!(a.ticket, b.ticket);
+    assert_eq!(fake.token_fetches(), 1);
+    let health = http(gw.http, "GET", "/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    assert_eq!(
+        metric(&metrics(&gw).await, "ws_gateway_qr_minted_total"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_stops_reading_never_gets_a_login_reported_failed() {
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(&fake, &[]).await;
+    // This page reads its code and then stops reading.
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    let nickname = "n".repeat(60 * 1024);
+    let line = scan(a.fd, &nickname, None, None);
+    let mut oks = 0usize;
+    let mut refusal = None;
+    for _ in 0..2000 {
+        let answer = bus.ask(&line).await;
+        if answer != OK {
+            refusal = Some(answer);
+            break;
+        }
+        oks += 1;
+    }
+    assert_eq!(refusal, Some(err("client_busy")), "after {oks} ok answers");
+
+    // Reading again: every frame that arrives is whole, exactly one per
+    // `ok`, and then the gateway has closed the page.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut successes = 0usize;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, a.ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("the page was not closed ({successes} frames read)"));
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("a whole JSON frame");
+                assert_eq!(v["message_type"], "scan_success", "{}", v["message_type"]);
+                assert!(
+                    v["user"] == nickname.as_str(),
+                    "a scan_success for another user"
+                );
+                successes += 1;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert_eq!(successes, oks, "scan_success frames vs ok answers");
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "ws_gateway_pushes_total"), Some(oks as f64));
+    assert_eq!(
+        metric(&m, "ws_gateway_connections_stalled_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "ws_gateway_connections_open"), Some(0.0));
+    assert_eq!(
+        metric(&m, r#"ws_gateway_bus_lines_total{result="client_busy"}"#),
+        Some(1.0)
+    );
 }

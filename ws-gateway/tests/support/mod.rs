@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use daemon_kit::http::{ServeOptions, json};
+use daemon_kit::http::json;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::StatusCode;
@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+/// The access token the fake hands out unless told otherwise.
+pub const FAKE_ACCESS_TOKEN: &str = "fake-access-token";
+
 /// The bound on every single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -37,7 +40,9 @@ pub const IMAGE_BASE: &str = "http://img.test/cgi-bin/showqrcode?ticket=";
 // Fake WeChat API
 
 /// A stand-in for `api.weixin.qq.com`: `stable_token` and `qrcode/create`,
-/// tickets containing `+`, `/` and `=`, and a switch to fail on demand.
+/// tickets containing `+`, `/` and `=`, and switches to fail on demand
+/// (with a WeChat errcode, or by dropping the connection) and to choose
+/// the token and its `expires_in`.
 pub struct FakeWeChat {
     pub base: String,
     state: Arc<FakeState>,
@@ -46,7 +51,12 @@ pub struct FakeWeChat {
 
 #[derive(Default)]
 struct FakeState {
-    failing: AtomicBool,
+    /// `qrcode/create` answers this errcode while set.
+    failing_with: Mutex<Option<i64>>,
+    /// `qrcode/create` is read, then its connection is closed unanswered.
+    create_drops: AtomicBool,
+    access_token: Mutex<String>,
+    expires_in: AtomicU64,
     counter: AtomicU64,
     creates: AtomicUsize,
     tickets: Mutex<HashMap<String, u32>>,
@@ -58,21 +68,13 @@ impl FakeWeChat {
     pub async fn start() -> FakeWeChat {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(FakeState::default());
+        let state = Arc::new(FakeState {
+            access_token: Mutex::new(FAKE_ACCESS_TOKEN.to_string()),
+            expires_in: AtomicU64::new(7200),
+            ..FakeState::default()
+        });
         let stop = CancellationToken::new();
-        let handler = {
-            let state = Arc::clone(&state);
-            move |req: hyper::Request<hyper::body::Incoming>, _peer: SocketAddr| {
-                let state = Arc::clone(&state);
-                async move { fake_answer(&state, req).await }
-            }
-        };
-        tokio::spawn(daemon_kit::http::serve(
-            listener,
-            ServeOptions::default(),
-            stop.clone(),
-            handler,
-        ));
+        tokio::spawn(fake_serve(listener, Arc::clone(&state), stop.clone()));
         FakeWeChat {
             base: format!("http://{addr}"),
             state,
@@ -80,8 +82,37 @@ impl FakeWeChat {
         }
     }
 
+    /// `qrcode/create` fails with WeChat's "system error" (-1, worth
+    /// retrying) while `failing`.
     pub fn set_failing(&self, failing: bool) {
-        self.state.failing.store(failing, Ordering::SeqCst);
+        self.set_failing_with(failing.then_some(-1));
+    }
+
+    /// `qrcode/create` fails with `errcode` while it is `Some`.
+    pub fn set_failing_with(&self, errcode: Option<i64>) {
+        *self.state.failing_with.lock().unwrap() = errcode;
+    }
+
+    /// While on, every `qrcode/create` request is read (and counted) and
+    /// then its connection is closed without an answer: a transport error
+    /// for the gateway, not a WeChat errcode.
+    pub fn set_create_drops_connection(&self, drops: bool) {
+        self.state.create_drops.store(drops, Ordering::SeqCst);
+    }
+
+    /// The access token `stable_token` hands out.
+    pub fn set_access_token(&self, token: &str) {
+        *self.state.access_token.lock().unwrap() = token.to_string();
+    }
+
+    /// The `expires_in` `stable_token` answers with.
+    pub fn set_token_expires_in(&self, secs: u64) {
+        self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+
+    /// How many `stable_token` calls arrived.
+    pub fn token_fetches(&self) -> usize {
+        self.state.appids.lock().unwrap().len()
     }
 
     /// The scene (fd) a ticket was minted for.
@@ -115,10 +146,46 @@ impl Drop for FakeWeChat {
     }
 }
 
+/// The fake's accept loop: HTTP/1.1, one task per connection. Unlike
+/// `daemon_kit::http::serve` it can close a connection without answering
+/// (the service's error does that), for [`FakeWeChat::set_create_drops_connection`].
+async fn fake_serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<FakeState>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { fake_answer(&state, req).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
 async fn fake_answer(
     state: &FakeState,
     req: hyper::Request<hyper::body::Incoming>,
-) -> daemon_kit::http::Response {
+) -> Result<daemon_kit::http::Response, std::io::Error> {
     let path = req.uri().path().to_string();
     let body: Bytes = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -137,19 +204,25 @@ async fn fake_answer(
                 .lock()
                 .unwrap()
                 .push(body["secret"].as_str().unwrap_or("").to_string());
-            json(
+            let token = state.access_token.lock().unwrap().clone();
+            let expires_in = state.expires_in.load(Ordering::SeqCst);
+            Ok(json(
                 StatusCode::OK,
-                json!({"access_token": "fake-access-token", "expires_in": 7200}).to_string(),
-            )
+                json!({"access_token": token, "expires_in": expires_in}).to_string(),
+            ))
         }
         "/cgi-bin/qrcode/create" => {
             state.creates.fetch_add(1, Ordering::SeqCst);
-            if state.failing.load(Ordering::SeqCst) {
-                return json(
+            if state.create_drops.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other(
+                    "fake: qrcode/create connection dropped",
+                ));
+            }
+            if let Some(errcode) = state.failing_with.lock().unwrap().as_ref() {
+                return Ok(json(
                     StatusCode::OK,
-                    json!({"errcode": 45009, "errmsg": "reach max api daily quota limit"})
-                        .to_string(),
-                );
+                    json!({"errcode": errcode, "errmsg": "fake failure"}).to_string(),
+                ));
             }
             let scene = body["action_info"]["scene"]["scene_id"]
                 .as_u64()
@@ -158,7 +231,7 @@ async fn fake_answer(
             let n = state.counter.fetch_add(1, Ordering::SeqCst);
             let ticket = format!("gQ+{n}/{scene}==");
             state.tickets.lock().unwrap().insert(ticket.clone(), scene);
-            json(
+            Ok(json(
                 StatusCode::OK,
                 json!({
                     "ticket": ticket,
@@ -166,12 +239,12 @@ async fn fake_answer(
                     "url": format!("http://weixin.qq.com/q/fake{n}"),
                 })
                 .to_string(),
-            )
+            ))
         }
-        _ => json(
+        _ => Ok(json(
             StatusCode::NOT_FOUND,
             json!({"errcode": 404, "errmsg": "no such api"}).to_string(),
-        ),
+        )),
     }
 }
 
@@ -352,6 +425,35 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, S
     )
 }
 
+/// Runs the binary with `args`, waiting (bounded) for it to exit; one
+/// still running after `within` is killed. (exit status if it exited by
+/// itself, stdout, stderr).
+pub async fn run_bounded(
+    args: &[String],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> (Option<ExitStatus>, String, String) {
+    let mut child = command(args, env).spawn().expect("spawn ws-gateway");
+    let deadline = Instant::now() + within;
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The process is gone: reading its pipes to EOF cannot block.
+    let out = child.wait_with_output().expect("collect ws-gateway output");
+    (
+        exited,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Browser side
 
@@ -375,6 +477,35 @@ pub async fn ws_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, 
         .await
         .expect("WebSocket handshake timed out")?;
     Ok(ws)
+}
+
+/// A WebSocket upgrade on `/ws` with extra request headers: the socket,
+/// or the HTTP status the gateway refused it with.
+pub async fn try_upgrade(gw: &Gw, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    match ws_connect_with(&gw.ws_url("/ws"), headers).await {
+        Ok(ws) => Ok(ws),
+        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("upgrade with {headers:?} failed without an HTTP answer: {e}"),
+    }
+}
+
+/// The upgrade is accepted and the browser gets its first code.
+pub async fn expect_upgrade(gw: &Gw, headers: &[(&str, &str)]) -> Ws {
+    match try_upgrade(gw, headers).await {
+        Ok(mut ws) => {
+            expect_frame(&mut ws, "qrcode_url").await;
+            ws
+        }
+        Err(status) => panic!("upgrade with {headers:?} refused with HTTP {status}"),
+    }
+}
+
+/// The upgrade is refused with `status`.
+pub async fn expect_refused(gw: &Gw, headers: &[(&str, &str)], status: u16) {
+    match try_upgrade(gw, headers).await {
+        Ok(_) => panic!("upgrade with {headers:?} accepted; expected HTTP {status}"),
+        Err(got) => assert_eq!(got, status, "upgrade with {headers:?}"),
+    }
 }
 
 pub async fn ws_connect(gw: &Gw) -> Ws {
@@ -595,6 +726,13 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
         headers: head.to_string(),
         body: body.to_string(),
     }
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics(gw: &Gw) -> String {
+    let answer = http(gw.http, "GET", "/metrics").await;
+    assert_eq!(answer.status, 200, "GET /metrics");
+    answer.body
 }
 
 /// The value of a metric line `name value` (or `name{labels} value`).

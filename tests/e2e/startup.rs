@@ -1,0 +1,177 @@
+//! Start-up against the (simulated) WeChat API: wrong credentials end the
+//! process at once, saying what to fix; a passing fault holds `/healthz`
+//! at 503 with the reason until a token is had.
+
+use std::time::Duration;
+
+use e2e::Daemon;
+
+use crate::stack::{APPID, SECRET, TOKEN};
+
+/// A simulator with the stack's credentials, and its URL.
+async fn sim() -> (Daemon, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("http://127.0.0.1:{port}");
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--app-id",
+        APPID,
+        "--app-secret",
+        SECRET,
+        "--token",
+        TOKEN,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut d = Daemon::spawn(&e2e::bin_path("wechat-sim"), &args, &[]);
+    d.wait_healthy(&format!("{url}/healthz")).await;
+    (d, url)
+}
+
+fn gateway(sim: &str, app_id: &str, secret: &str) -> Daemon {
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--notify-listen",
+        "127.0.0.1:0",
+        "--app-id",
+        app_id,
+        "--wechat-api-base",
+        sim,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Daemon::spawn(
+        &e2e::bin_path("ws-gateway"),
+        &args,
+        &[("WECHAT_APP_SECRET", secret)],
+    )
+}
+
+fn callback(sim: &str, app_id: &str, secret: &str, port: u16) -> Daemon {
+    let db = e2e::process::temp_dir("startup").join("x.db");
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--app-id",
+        app_id,
+        "--wechat-api-base",
+        sim,
+        "--db",
+        db.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Daemon::spawn(
+        &e2e::bin_path("wechat-callback"),
+        &args,
+        &[("WECHAT_APP_SECRET", secret), ("WECHAT_TOKEN", TOKEN)],
+    )
+}
+
+async fn fault(sim: &str, body: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{sim}/sim/faults"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+/// Each credential error, on each daemon: non-zero exit within seconds,
+/// the errcode and what to do about it on stderr.
+#[tokio::test]
+async fn wrong_credentials_stop_both_daemons_with_the_fix() {
+    let (_sim, url) = sim().await;
+    let cases = [
+        (APPID, "not-the-secret", "40125", "AppSecret"),
+        ("wxnotthisaccount", SECRET, "40013", "AppID"),
+    ];
+    for (app_id, secret, code, fix) in cases {
+        for mut daemon in [
+            gateway(&url, app_id, secret),
+            callback(&url, app_id, secret, 0),
+        ] {
+            let status = daemon.wait(Duration::from_secs(20));
+            let err = daemon.stderr();
+            assert!(
+                !status.success(),
+                "{} started with bad credentials",
+                daemon.name
+            );
+            assert!(
+                err.contains(code) && err.contains(fix),
+                "{}:\n{err}",
+                daemon.name
+            );
+        }
+    }
+    // An address off the IP whitelist (40164), as WeChat answers it.
+    for start in [gateway, |u: &str, a: &str, s: &str| callback(u, a, s, 0)] {
+        fault(
+            &url,
+            serde_json::json!({"fail_next": 100, "errcode": 40164, "path": "/cgi-bin/stable_token"}),
+        )
+        .await;
+        let mut daemon = start(&url, APPID, SECRET);
+        let status = daemon.wait(Duration::from_secs(20));
+        let err = daemon.stderr();
+        assert!(!status.success(), "{err}");
+        assert!(
+            err.contains("40164") && err.contains("IP whitelist"),
+            "{err}"
+        );
+    }
+    fault(&url, serde_json::json!({"fail_next": 0})).await;
+}
+
+/// A passing fault (WeChat's -1) does not stop the start: `/healthz` says
+/// 503 and why, then 200 once a token is had, without a restart.
+#[tokio::test]
+async fn a_passing_fault_holds_healthz_at_503_until_a_token_is_had() {
+    let (_sim, url) = sim().await;
+    fault(
+        &url,
+        serde_json::json!({"fail_next": 2, "errcode": -1, "path": "/cgi-bin/stable_token"}),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cb = callback(&url, APPID, SECRET, port);
+    let http = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let mut saw_503 = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy:\n{}",
+            cb.stderr()
+        );
+        if let Some(status) = cb.try_wait() {
+            panic!("callback exited ({status}):\n{}", cb.stderr());
+        }
+        if let Ok(r) = http.get(&health).send().await {
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            match status {
+                503 => saw_503 = Some(body),
+                200 => break,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reason = saw_503.expect("/healthz was 503 while no token could be had");
+    assert!(reason.contains("access token"), "{reason}");
+}
