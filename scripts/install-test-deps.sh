@@ -2,7 +2,8 @@
 # Installs what scripts/test.sh needs beyond Rust, on Debian/Ubuntu (root):
 # netcat-openbsd (the contract's `nc -N` example), chromium (browser test),
 # nginx and openssl (deploy/check.sh), node and npm (browser test driver),
-# and the rustfmt/clippy components.
+# python3 with wechatpy (the forwarding tests' account handler), and the
+# rustfmt/clippy components.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(netcat-openbsd chromium nginx openssl curl ca-certificates procps)
@@ -10,6 +11,11 @@ command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# The forwarding tests run an account handler written with wechatpy.
+command -v python3 >/dev/null || { apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null; }
+python3 -c 'import wechatpy' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore wechatpy==1.8.18 cryptography \
+  || python3 -m pip install --quiet --break-system-packages wechatpy==1.8.18 cryptography
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

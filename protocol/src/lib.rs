@@ -1,6 +1,8 @@
 //! Wire formats shared by every process of wechat-scan-login, with no I/O of
 //! their own:
 //!
+//! - [`fd`]: the connection id that is also a login QR code's scene value
+//!   (node id and random part; scenes below 2^20 are never logins);
 //! - [`bus`]: the NDJSON notify bus between `wechat-callback` and `ws-gateway`
 //!   (request and answer lines, the line splitter with its 64 KiB limit);
 //! - [`ws`]: the JSON frames between a browser and `ws-gateway`;
@@ -11,5 +13,6 @@
 //! and the simulator build and parse every line, frame and body through it.
 
 pub mod bus;
+pub mod fd;
 pub mod wechat;
 pub mod ws;

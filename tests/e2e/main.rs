@@ -7,6 +7,7 @@
 mod deploy_units;
 mod docs;
 mod flows;
+mod forward;
 mod security;
 mod stack;
 mod startup;

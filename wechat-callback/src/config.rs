@@ -154,6 +154,14 @@ pub struct Config {
     )]
     pub confirm_template: String,
 
+    /// The account's own message handler (EasyWeChat, WxJava, …): every
+    /// verified POST that is not a login (text, menu clicks, other events,
+    /// scans of the account's own permanent or string-scene QR codes) is
+    /// POSTed there with the same query and body, and its answer relayed to
+    /// WeChat (`success` if it fails or is slower than the reply deadline).
+    #[arg(long, env = "SCAN_LOGIN_FORWARD_URL", value_name = "URL")]
+    pub forward_url: Option<String>,
+
     /// The login token's `iss` claim.
     #[arg(
         long,
@@ -205,6 +213,8 @@ pub enum ConfigError {
     ShortSecret(&'static str),
     #[error("--confirm-template: {0}")]
     BadConfirmTemplate(String),
+    #[error("--forward-url must be an http:// or https:// URL, not `{0}`")]
+    BadForwardUrl(String),
 }
 
 /// The shortest `--notify-secret` or `--login-token-secret` accepted.
@@ -264,6 +274,7 @@ pub struct Settings {
     pub confirm_template: String,
     pub login_token_issuer: String,
     pub login_token_audience: Option<String>,
+    pub forward_url: Option<url::Url>,
 }
 
 impl Config {
@@ -322,6 +333,15 @@ impl Config {
         }
         crate::text::check_template(&self.confirm_template, &["name", "device", "ip"])
             .map_err(ConfigError::BadConfirmTemplate)?;
+        let forward_url = match self.forward_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => Some(
+                url::Url::parse(u)
+                    .ok()
+                    .filter(|p| matches!(p.scheme(), "http" | "https") && p.has_host())
+                    .ok_or_else(|| ConfigError::BadForwardUrl(u.to_string()))?,
+            ),
+        };
         let notify_secret = long_secret(&self.notify_secret, "notify-secret")?;
         let login_token_secret = long_secret(&self.login_token_secret, "login-token-secret")?;
         Ok(Settings {
@@ -347,6 +367,7 @@ impl Config {
             confirm_template: self.confirm_template.clone(),
             login_token_issuer: self.login_token_issuer.clone(),
             login_token_audience: self.login_token_audience.clone().filter(|a| !a.is_empty()),
+            forward_url,
         })
     }
 }

@@ -157,7 +157,7 @@ async fn handle(
     message: &Message,
     deadline: Instant,
 ) -> Result<Reply, StoreError> {
-    if let Some(scan) = message.qr_scan() {
+    if let Some(scan) = message.login_scan() {
         return on_scan(app, key, message, scan, deadline).await;
     }
     let reply = match &message.kind {
@@ -172,10 +172,41 @@ async fn handle(
             }
         }
         MessageKind::Text { .. } => default_text_reply(app),
+        // A scan of the account's own (permanent or string-scene) code, with
+        // no handler to forward it to.
+        _ if message.qr_scan().is_some() => default_text_reply(app),
         _ => Reply::Success,
     };
     app.store.finish(key.to_string(), reply.clone()).await?;
     Ok(reply)
+}
+
+/// Whether this callback is handled here even with `--forward-url`: a
+/// login scan, or with `--confirm-login` a `1` (which confirms a login, or
+/// says there is none).
+pub fn handled_here(app: &App, message: &Message) -> bool {
+    if message.login_scan().is_some() {
+        return true;
+    }
+    matches!(&message.kind, MessageKind::Text { content }
+        if app.settings.confirm_login && content.trim() == "1")
+}
+
+/// What a forwarded message still means here: an unsubscribe is recorded,
+/// and with `--confirm-login` any text cancels the user's pending login.
+pub async fn note_forwarded(app: &App, message: &Message) -> Result<(), StoreError> {
+    match &message.kind {
+        MessageKind::Event(Event::Unsubscribe) => {
+            app.store.unsubscribe(message.from_user.clone()).await
+        }
+        MessageKind::Text { .. } if app.settings.confirm_login => {
+            if let Taken::Live(p) = app.store.take_pending(message.from_user.clone()).await? {
+                info!(fd = p.fd, openid = %p.openid, "pending login cancelled by the user");
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn default_text_reply(app: &App) -> Reply {

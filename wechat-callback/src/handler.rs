@@ -89,6 +89,12 @@ async fn post_inner(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
         return reject(app, Rejection::TooLarge, peer);
     }
     let query = query_pairs(req.uri().query());
+    let raw_query = req.uri().query().map(str::to_string);
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let collect = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
     let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, collect).await {
         Err(_) => return reject(app, Rejection::BodyTimeout, peer),
@@ -128,6 +134,36 @@ async fn post_inner(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
     }
     app.metrics.requests_ok.inc();
     let message = &inbound.message;
+    if let Some(forwarder) = &app.forwarder
+        && !crate::dispatch::handled_here(app, message)
+    {
+        if let Err(e) = crate::dispatch::note_forwarded(app, message).await {
+            app.metrics.store_errors.inc();
+            warn!(cause = %e, "store unavailable; answering 503 so WeChat retries");
+            return unavailable();
+        }
+        return match forwarder
+            .forward(raw_query.as_deref(), content_type.as_deref(), body)
+            .await
+        {
+            Ok(relayed) => {
+                app.metrics.forwarded.inc();
+                let mut resp = hyper::Response::new(http_body_util::Full::new(relayed.body));
+                if let Some(ct) = relayed
+                    .content_type
+                    .and_then(|c| hyper::header::HeaderValue::from_str(&c).ok())
+                {
+                    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+                }
+                resp
+            }
+            Err(e) => {
+                app.metrics.forward_failed.inc();
+                warn!(cause = %e, "--forward-url failed; answering success");
+                text(StatusCode::OK, "success")
+            }
+        };
+    }
     let reply = match crate::dispatch::respond(app, message.clone()).await {
         Ok(reply) => reply,
         Err(_) => return unavailable(),

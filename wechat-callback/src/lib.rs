@@ -4,7 +4,8 @@
 //! Modules: [`config`] (settings), [`handler`] (HTTP routing), [`inbound`]
 //! (signature, timestamp, message mode, XML), [`envelope`] (safe-mode
 //! decryption and reply sealing), [`dispatch`] (dedupe, the login and
-//! confirm flows), [`single_flight`] (retries joining work in flight),
+//! confirm flows), [`forward`] (`--forward-url`: the account's own
+//! handler for everything that is not a login), [`single_flight`] (retries joining work in flight),
 //! [`store`] (SQLite), [`bus_client`] (notify ws-gateway), [`text`] (names
 //! and reply templates), [`login_token`] (JWT), [`metrics`].
 
@@ -12,6 +13,7 @@ pub mod bus_client;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
+pub mod forward;
 pub mod handler;
 pub mod inbound;
 pub mod login_token;
@@ -40,6 +42,7 @@ pub struct App {
     pub bus: bus_client::BusClient,
     pub api: Option<wechat_api::WeChatApi>,
     pub signer: Option<login_token::TokenSigner>,
+    pub forwarder: Option<forward::Forwarder>,
     pub metrics: metrics::Metrics,
     pub inflight: dispatch::Inflight,
     /// Work that must finish before the process exits.
@@ -74,6 +77,12 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
             settings.login_token_audience.as_deref(),
         )
     });
+    let forwarder = settings
+        .forward_url
+        .clone()
+        .map(|url| forward::Forwarder::new(url, settings.reply_deadline))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cannot build the --forward-url client: {e}"))?;
     let bus = bus_client::BusClient::start(settings.notify_addr.clone(), settings.notify_timeout);
     Ok(Arc::new(App {
         settings,
@@ -81,6 +90,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         bus,
         api,
         signer,
+        forwarder,
         metrics: metrics::Metrics::default(),
         inflight: dispatch::Inflight::default(),
         tasks: TaskTracker::new(),
@@ -133,6 +143,7 @@ pub async fn run(
         db = %app.settings.db.display(),
         app_id = app.settings.app_id.as_deref().unwrap_or(""),
         message_mode = app.settings.message_mode.name(),
+        forward_url = app.settings.forward_url.as_ref().map(|u| u.as_str()).unwrap_or(""),
         confirm_login = app.settings.confirm_login,
         "wechat-callback listening"
     );

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub rejected_decrypt: Counter,
     pub rejected_replay: Counter,
     pub rejected_plaintext: Counter,
+    pub forwarded: Counter,
+    pub forward_failed: Counter,
     pub rejected_body_timeout: Counter,
     pub retries_answered: Counter,
     pub deadline_success: Counter,
@@ -45,6 +47,15 @@ impl Metrics {
                     ("replay", self.rejected_replay.get()),
                     ("plaintext_refused", self.rejected_plaintext.get()),
                     ("body_timeout", self.rejected_body_timeout.get()),
+                ],
+            )
+            .counters(
+                "wechat_callback_forwarded_total",
+                "POSTs passed to --forward-url, by result (failed: answered success).",
+                "result",
+                [
+                    ("relayed", self.forwarded.get()),
+                    ("failed", self.forward_failed.get()),
                 ],
             )
             .counter(

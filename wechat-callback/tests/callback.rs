@@ -19,6 +19,9 @@ use protocol::wechat::crypto::AesKey;
 use protocol::wechat::reply::text_message_body;
 
 const TOKEN: &str = "cb-test-token";
+/// Login fds start at 2^20 (`protocol::fd`): scenes below are the
+/// account's own codes, not logins.
+const F: u32 = 1 << 20;
 const APPID: &str = "wxtestappid000001";
 const KEY1: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const KEY2: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
@@ -206,7 +209,7 @@ async fn plain_login_notifies_counts_and_replies() {
     let cb = Cb::start(&bus, None, &db("plain"), &[]).await;
     let t = now();
     let (status, reply) = cb
-        .scan("oUser00000000000000000000A1b2", 4242, "tk+/=1", t)
+        .scan("oUser00000000000000000000A1b2", F + 4242, "tk+/=1", t)
         .await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -215,7 +218,7 @@ async fn plain_login_notifies_counts_and_replies() {
     );
     let lines = bus.lines();
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0].fd, 4242);
+    assert_eq!(lines[0].fd, F + 4242);
     assert_eq!(lines[0].ticket.as_deref(), Some("tk+/=1"));
     assert_eq!(
         lines[0].openid.as_deref(),
@@ -229,13 +232,19 @@ async fn plain_login_notifies_counts_and_replies() {
     assert_eq!(lines[0].secret, None);
 
     // A follower scanning (SCAN event, bare scene) is a second login.
-    let body = scan_event("oUser00000000000000000000A1b2", 4243, "tk2", true, t + 1);
+    let body = scan_event(
+        "oUser00000000000000000000A1b2",
+        F + 4243,
+        "tk2",
+        true,
+        t + 1,
+    );
     let (_, raw) = cb.post(&signed_query(TOKEN, now()), body).await;
     assert_eq!(
         reply_content(&raw).unwrap(),
         "WeChat user A1b2, login successful! This is your 2nd login."
     );
-    assert_eq!(bus.lines()[1].fd, 4243);
+    assert_eq!(bus.lines()[1].fd, F + 4243);
     // The reply is addressed back to the user from the account.
     let f = protocol::wechat::xml::Fields::parse(raw.as_bytes()).unwrap();
     assert_eq!(f.get("ToUserName"), Some("oUser00000000000000000000A1b2"));
@@ -264,7 +273,7 @@ async fn nickname_token_and_secret_reach_the_gateway() {
         ],
     )
     .await;
-    let (_, reply) = cb.scan("oAlice", 7, "T", now()).await;
+    let (_, reply) = cb.scan("oAlice", F + 7, "T", now()).await;
     assert_eq!(reply, "Alice, login successful! This is your 1st login.");
     let line = &bus.lines()[0];
     assert_eq!(line.nickname, "Alice");
@@ -298,7 +307,7 @@ async fn nickname_token_and_secret_reach_the_gateway() {
 
     // An expired access token (42001) is refreshed once and the call retried.
     api.fail_next("/cgi-bin/user/info", 42001);
-    let (_, reply) = cb.scan("oAlice", 8, "T2", now()).await;
+    let (_, reply) = cb.scan("oAlice", F + 8, "T2", now()).await;
     assert_eq!(reply, "Alice, login successful! This is your 2nd login.");
     assert_eq!(api.calls("/cgi-bin/user/info"), 3);
 }
@@ -307,7 +316,7 @@ async fn nickname_token_and_secret_reach_the_gateway() {
 async fn retries_get_the_same_reply_and_count_once() {
     let bus = FakeBus::start(Mode::Delay(Duration::from_millis(400))).await;
     let cb = Cb::start(&bus, None, &db("retry"), &[]).await;
-    let body = scan_event("oRetry0000000000000000000wxyz", 99, "T", false, now());
+    let body = scan_event("oRetry0000000000000000000wxyz", F + 99, "T", false, now());
     // Two deliveries at once (the second while the first is in flight) and
     // one after: all get the same reply, the gateway hears once.
     let q1 = signed_query(TOKEN, now());
@@ -326,7 +335,7 @@ async fn retries_get_the_same_reply_and_count_once() {
     assert_eq!(bus.lines().len(), 1);
     // A new event (later CreateTime) is a new login.
     let (_, r) = cb
-        .scan("oRetry0000000000000000000wxyz", 99, "T", now() + 5)
+        .scan("oRetry0000000000000000000wxyz", F + 99, "T", now() + 5)
         .await;
     assert!(r.ends_with("This is your 2nd login."), "{r}");
     let m = cb.metrics().await;
@@ -337,7 +346,7 @@ async fn retries_get_the_same_reply_and_count_once() {
 async fn bad_requests_are_refused_in_the_contract_order() {
     let bus = FakeBus::start(Mode::Ok).await;
     let cb = Cb::start(&bus, None, &db("bad"), &[]).await;
-    let body = scan_event("oBad", 5, "T", false, now());
+    let body = scan_event("oBad", F + 5, "T", false, now());
     // Bad signature.
     assert_eq!(
         cb.post(&signed_query("not-the-token", now()), body.clone())
@@ -416,7 +425,7 @@ async fn safe_mode_and_compatible_mode() {
     .await;
     let key = AesKey::from_encoding_aes_key(KEY1).unwrap();
     let openid = "oSafe000000000000000000000SAFE";
-    let xml = scan_event(openid, 31, "ticket=", false, now());
+    let xml = scan_event(openid, F + 31, "ticket=", false, now());
     let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
     let (status, raw) = cb.post(&q, body).await;
     assert_eq!(status, 200);
@@ -426,11 +435,11 @@ async fn safe_mode_and_compatible_mode() {
         reply_content(&inner).unwrap(),
         "WeChat user SAFE, login successful! This is your 1st login."
     );
-    assert_eq!(bus.lines()[0].fd, 31);
+    assert_eq!(bus.lines()[0].fd, F + 31);
 
     // Safe mode: a correctly signed plaintext POST is refused, since its
     // signature does not cover the body.
-    let (status, _) = cb.scan(openid, 32, "t2", now() + 1).await;
+    let (status, _) = cb.scan(openid, F + 32, "t2", now() + 1).await;
     assert_eq!(status, 403);
     assert_eq!(bus.lines().len(), 1, "nothing sent for a refused POST");
 
@@ -448,7 +457,7 @@ async fn safe_mode_and_compatible_mode() {
         TOKEN,
         &key,
         "wxsomeoneelse",
-        &scan_event("o", 33, "t", false, now()),
+        &scan_event("o", F + 33, "t", false, now()),
         now(),
     );
     assert_eq!(cb.post(&q, body).await.0, 400);
@@ -477,13 +486,13 @@ async fn safe_mode_and_compatible_mode() {
         ],
     )
     .await;
-    let (status, reply) = cb.scan(openid, 34, "t3", now() + 2).await;
+    let (status, reply) = cb.scan(openid, F + 34, "t3", now() + 2).await;
     assert_eq!(status, 200);
     assert_eq!(
         reply,
         "WeChat user SAFE, login successful! This is your 1st login."
     );
-    let xml = scan_event(openid, 35, "t4", true, now() + 3);
+    let xml = scan_event(openid, F + 35, "t4", true, now() + 3);
     let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
     let (_, raw) = cb.post(&q, body).await;
     let (_, inner) = open_encrypted_reply(TOKEN, &key, &raw).unwrap();
@@ -516,7 +525,7 @@ async fn a_seen_callback_url_cannot_sign_a_forged_body() {
         &["--encoding-aes-key", KEY1, "--app-id", APPID],
     )
     .await;
-    let real = scan_event("oVictim", 51, "victim-ticket", true, now());
+    let real = scan_event("oVictim", F + 51, "victim-ticket", true, now());
     let (q, body) = encrypt_post(TOKEN, &key, APPID, &real, now());
     assert_eq!(cb.post(&q, body).await.0, 200);
     // ...then its query, minus the encryption parameters, on a forged body.
@@ -524,12 +533,12 @@ async fn a_seen_callback_url_cannot_sign_a_forged_body() {
         .split('&')
         .filter(|p| !p.starts_with("encrypt_type=") && !p.starts_with("msg_signature="))
         .collect();
-    let forged = scan_event("oVictim", 666, "attacker-ticket", true, now());
+    let forged = scan_event("oVictim", F + 666, "attacker-ticket", true, now());
     assert_eq!(cb.post(&seen.join("&"), forged.clone()).await.0, 403);
     // Even with encrypt_type kept but the body swapped for a plaintext one.
     assert_ne!(cb.post(&q, forged.clone()).await.0, 200);
     assert_eq!(bus.lines().len(), 1);
-    assert!(bus.lines().iter().all(|l| l.fd == 51));
+    assert!(bus.lines().iter().all(|l| l.fd == F + 51));
     drop(cb);
 
     // Plain mode, two instances on one store: the signature of a real
@@ -539,10 +548,10 @@ async fn a_seen_callback_url_cannot_sign_a_forged_body() {
     let a = Cb::start(&bus, None, &path, &[]).await;
     let b = Cb::start(&bus, None, &path, &[]).await;
     let q = signed_query(TOKEN, now());
-    let real = scan_event("oVictim2", 61, "victim-ticket-2", true, now());
+    let real = scan_event("oVictim2", F + 61, "victim-ticket-2", true, now());
     let (status, first) = a.post(&q, real.clone()).await;
     assert_eq!(status, 200);
-    let forged = scan_event("oVictim2", 667, "attacker-ticket", true, now());
+    let forged = scan_event("oVictim2", F + 667, "attacker-ticket", true, now());
     let (status, text) = b.post(&q, forged.clone()).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("replay"), "{text}");
@@ -550,7 +559,11 @@ async fn a_seen_callback_url_cannot_sign_a_forged_body() {
     let (status, again) = b.post(&q, real).await;
     assert_eq!((status, again), (200, first), "a retry gets the same reply");
     let sent: Vec<u32> = bus.lines().iter().map(|l| l.fd).collect();
-    assert_eq!(sent, [51, 61], "only the real events reached the gateway");
+    assert_eq!(
+        sent,
+        [F + 51, F + 61],
+        "only the real events reached the gateway"
+    );
     assert!(a.metrics().await.contains(r#"outcome="replay"} 1"#));
 }
 
@@ -577,7 +590,7 @@ async fn key_rotation_answers_with_the_key_that_opened_the_request() {
         AesKey::from_encoding_aes_key(KEY3).unwrap(),
     );
     for (i, key) in [&old, &new].into_iter().enumerate() {
-        let xml = scan_event("oRot", 40 + i as u32, "t", false, now() + i as i64);
+        let xml = scan_event("oRot", F + 40 + i as u32, "t", false, now() + i as i64);
         let (q, body) = encrypt_post(TOKEN, key, APPID, &xml, now());
         let (status, raw) = cb.post(&q, body).await;
         assert_eq!(status, 200);
@@ -589,7 +602,7 @@ async fn key_rotation_answers_with_the_key_that_opened_the_request() {
         TOKEN,
         &other,
         APPID,
-        &scan_event("oRot", 50, "t", false, now()),
+        &scan_event("oRot", F + 50, "t", false, now()),
         now(),
     );
     assert_eq!(cb.post(&q, body).await.0, 400);
@@ -609,13 +622,13 @@ async fn gateway_down_or_refusing_means_scan_again_and_no_count() {
     drop(bus);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = now();
-    let (_, reply) = cb.scan("oDown", 60, "t", t).await;
+    let (_, reply) = cb.scan("oDown", F + 60, "t", t).await;
     assert!(reply.contains("refresh the login page"), "{reply}");
     // The gateway comes back: the next scan works without restarting.
     let bus = FakeBus::start_at(&addr, Mode::Ok).await;
     let mut reply = String::new();
     for i in 0..40 {
-        reply = cb.scan("oDown", 61, "t", t + 1 + i).await.1;
+        reply = cb.scan("oDown", F + 61, "t", t + 1 + i).await.1;
         if reply.contains("login successful") {
             break;
         }
@@ -632,11 +645,13 @@ async fn gateway_down_or_refusing_means_scan_again_and_no_count() {
         BusError::Unauthorized,
     ] {
         bus.set_mode(Mode::Refuse(code));
-        let (_, reply) = cb.scan("oDown", 62, "t", now() + 100 + code as i64).await;
+        let (_, reply) = cb
+            .scan("oDown", F + 62, "t", now() + 100 + code as i64)
+            .await;
         assert!(reply.contains("refresh the login page"), "{code}: {reply}");
     }
     bus.set_mode(Mode::Ok);
-    let (_, reply) = cb.scan("oDown", 63, "t", now() + 200).await;
+    let (_, reply) = cb.scan("oDown", F + 63, "t", now() + 200).await;
     assert!(reply.ends_with("This is your 2nd login."), "{reply}");
 }
 
@@ -646,12 +661,12 @@ async fn two_instances_share_one_database() {
     let path = db("two");
     let a = Cb::start(&bus, None, &path, &[]).await;
     let b = Cb::start(&bus, None, &path, &[]).await;
-    let (_, r) = a.scan("oTwo", 70, "t", now()).await;
+    let (_, r) = a.scan("oTwo", F + 70, "t", now()).await;
     assert!(r.ends_with("1st login."), "{r}");
-    let (_, r) = b.scan("oTwo", 71, "t", now() + 1).await;
+    let (_, r) = b.scan("oTwo", F + 71, "t", now() + 1).await;
     assert!(r.ends_with("2nd login."), "{r}");
     // The same delivery reaching both instances at once is handled once.
-    let body = scan_event("oTwo", 72, "t", false, now() + 2);
+    let body = scan_event("oTwo", F + 72, "t", false, now() + 2);
     let q1 = signed_query(TOKEN, now());
     let (ra, rb) = tokio::join!(a.post(&q1, body.clone()), async {
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -676,7 +691,7 @@ async fn slow_work_answers_success_in_time_and_still_completes() {
         &["--reply-deadline-ms", "300"],
     )
     .await;
-    let body = scan_event("oSlow", 80, "t", false, now());
+    let body = scan_event("oSlow", F + 80, "t", false, now());
     let (status, raw) = cb.post(&signed_query(TOKEN, now()), body.clone()).await;
     assert_eq!((status, raw.as_str()), (200, "success"));
     let lines = bus.wait_for_lines(1, Duration::from_secs(5)).await;
@@ -695,7 +710,7 @@ async fn slow_work_answers_success_in_time_and_still_completes() {
     )
     .await;
     api.set_latency(Duration::from_secs(3));
-    let (_, reply) = cb2.scan("oSlowUserXYZW", 81, "t", now()).await;
+    let (_, reply) = cb2.scan("oSlowUserXYZW", F + 81, "t", now()).await;
     assert_eq!(
         reply,
         "WeChat user XYZW, login successful! This is your 1st login."
@@ -748,7 +763,7 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
         ],
     )
     .await;
-    cb.scan("oSecret", 90, "t", now()).await;
+    cb.scan("oSecret", F + 90, "t", now()).await;
     cb.post(&signed_query("bad", now()), "<xml/>").await;
     let status = cb.daemon.terminate();
     assert!(status.success(), "exit status {status}");
@@ -862,7 +877,7 @@ async fn env_and_file_settings_take_effect_on_the_running_daemon() {
     let cfg_s = cfg.to_str().unwrap().to_string();
     let cb = Cb::start_env(&bus, None, &dir.join("db"), &["--config", &cfg_s], &[]).await;
     assert_eq!(
-        cb.scan("oEnv1", 1, "t", now()).await.1,
+        cb.scan("oEnv1", F + 1, "t", now()).await.1,
         "FILE WeChat user Env1 #1"
     );
     let cb = Cb::start_env(
@@ -873,7 +888,7 @@ async fn env_and_file_settings_take_effect_on_the_running_daemon() {
         &[("SCAN_LOGIN_REPLY_TEMPLATE", "ENV {ordinal}")],
     )
     .await;
-    assert_eq!(cb.scan("oEnv2", 2, "t", now()).await.1, "ENV 1st");
+    assert_eq!(cb.scan("oEnv2", F + 2, "t", now()).await.1, "ENV 1st");
     let cb = Cb::start_env(
         &bus,
         None,
@@ -882,7 +897,7 @@ async fn env_and_file_settings_take_effect_on_the_running_daemon() {
         &[("SCAN_LOGIN_REPLY_TEMPLATE", "ENV {ordinal}")],
     )
     .await;
-    assert_eq!(cb.scan("oEnv3", 3, "t", now()).await.1, "FLAG 1");
+    assert_eq!(cb.scan("oEnv3", F + 3, "t", now()).await.1, "FLAG 1");
 }
 
 /// 0.1.0 answered `success` when the store was locked past its busy
@@ -898,7 +913,7 @@ async fn a_locked_store_is_503_and_the_retry_succeeds() {
     let locker = rusqlite::Connection::open(&path).unwrap();
     locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let q = signed_query(TOKEN, now());
-    let body = scan_event("oLocked00000000000000000LOCK", 70, "t", false, now());
+    let body = scan_event("oLocked00000000000000000LOCK", F + 70, "t", false, now());
     let (status, text) = cb.post(&q, body.clone()).await;
     assert_eq!(status, 503, "{text}");
     assert!(
@@ -976,7 +991,9 @@ async fn a_squatter_on_the_bus_port_cannot_hang_the_callback() {
     .into_iter()
     .enumerate()
     {
-        let (status, reply) = cb.scan(openid, 80 + i as u32, "t", now() + i as i64).await;
+        let (status, reply) = cb
+            .scan(openid, F + 80 + i as u32, "t", now() + i as i64)
+            .await;
         assert_eq!(status, 200);
         assert!(reply.contains("refresh the login page"), "{reply}");
         let health = cb

@@ -205,6 +205,19 @@ pub struct Config {
     )]
     pub notify_idle_timeout_seconds: u64,
 
+    /// This gateway's node number (0–15) when several gateways share one
+    /// account: every fd it mints is `node * 2^27 + r` (2^20 ≤ r < 2^27),
+    /// so wechat-callback's --notify-addr list can send each scan to the
+    /// node that holds the page.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_NODE_ID",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u8).range(0..=15),
+        value_name = "N"
+    )]
+    pub node_id: u8,
+
     /// Demo only: the wechat-sim base URL the login page offers a
     /// "simulate scan" button for. Empty (default): no button.
     #[arg(
@@ -273,6 +286,7 @@ pub struct Settings {
     pub allowed_origins: Vec<crate::origin::AllowedOrigin>,
     pub max_connections_per_ip: u32,
     pub notify_idle_timeout: Duration,
+    pub node_id: u8,
     pub demo_sim_url: String,
 }
 
@@ -335,6 +349,7 @@ impl Config {
             allowed_origins,
             max_connections_per_ip: self.max_connections_per_ip,
             notify_idle_timeout: Duration::from_secs(self.notify_idle_timeout_seconds),
+            node_id: self.node_id,
             demo_sim_url: self.demo_sim_url.clone(),
         })
     }
@@ -382,6 +397,7 @@ impl Config {
                 "notify_idle_timeout_seconds",
                 self.notify_idle_timeout_seconds.to_string(),
             ),
+            ("node_id", self.node_id.to_string()),
             ("demo_sim_url", q(&self.demo_sim_url)),
         ];
         let mut out = String::new();

@@ -132,7 +132,7 @@ pub async fn run(
         anyhow::bail!(msg);
     }
     let gw = Arc::new(Gateway {
-        registry: Registry::new(),
+        registry: Registry::for_node(settings.node_id),
         minter: Arc::new(Minter::new(
             api,
             settings.qr_expire_seconds,
@@ -155,6 +155,7 @@ pub async fn run(
     info!(
         version = env!("CARGO_PKG_VERSION"),
         app_id = %gw.settings.app_id,
+        node_id = gw.settings.node_id,
         http = %http_addr,
         notify = %notify_addr,
         "listening"

@@ -38,6 +38,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use protocol::bus::BusError;
+use protocol::fd::Fd;
 use protocol::ws::ServerFrame;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
@@ -58,7 +59,8 @@ pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(30);
 
 /// The largest fd drawn. WeChat documents a temporary code's `scene_id`
 /// as a "32-bit non-zero integer" and some of its backends treat it as
-/// signed, so fds stay within `1..=i32::MAX` (31 random bits).
+/// signed, so fds stay within `1..=i32::MAX` (`protocol::fd`'s layout:
+/// node id in the top 4 bits, 27 random bits, never below 2^20).
 pub const MAX_FD: u32 = 0x7FFF_FFFF;
 
 /// How many random draws [`Registry::register`] tries before giving up
@@ -68,6 +70,8 @@ const MAX_DRAWS: usize = 64;
 /// The fd → connection map.
 pub struct Registry {
     shards: Box<[Shard]>,
+    /// This gateway's `--node-id`, the top bits of every fd it draws.
+    node: u8,
     /// Tombstone times are milliseconds since this instant.
     epoch: Instant,
 }
@@ -145,8 +149,14 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Registry {
+        Registry::for_node(0)
+    }
+
+    /// The registry of gateway node `node` (see `protocol::fd`).
+    pub fn for_node(node: u8) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Shard(Mutex::default())).collect(),
+            node,
             epoch: Instant::now(),
         }
     }
@@ -173,10 +183,12 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Draws a random fd in `1..=MAX_FD` that is neither in use nor
-    /// reserved and registers a connection under it. `None` only if no free fd was found.
+    /// Draws a random login fd of this node (`protocol::fd::Fd::random`)
+    /// that is neither in use nor reserved and registers a connection
+    /// under it. `None` only if no free fd was found.
     pub fn register(&self, now: Instant) -> Option<u32> {
-        self.register_with(now, || rand::random::<u32>() & MAX_FD)
+        let node = self.node;
+        self.register_with(now, || Fd::random(node).map_or(0, Fd::get))
     }
 
     /// [`Registry::register`] with a given source of candidate fds.
@@ -488,6 +500,13 @@ mod tests {
         let now = Instant::now();
         let fds: Vec<u32> = (0..2000).map(|_| r.register(now).unwrap()).collect();
         assert!(fds.iter().all(|&fd| (1..=MAX_FD).contains(&fd)));
+        assert!(
+            fds.iter()
+                .all(|&fd| Fd::from_scene(fd).is_some_and(|f| f.node() == 0))
+        );
+        let node7 = Registry::for_node(7);
+        let fd = node7.register(now).unwrap();
+        assert_eq!(Fd::from_scene(fd).map(Fd::node), Some(7));
         let distinct: std::collections::HashSet<_> = fds.iter().collect();
         assert_eq!(distinct.len(), fds.len());
         // Not a counter.

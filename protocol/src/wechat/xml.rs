@@ -462,6 +462,13 @@ impl Message {
 
     /// The QR scan this message is, if it is one: a `subscribe` or `SCAN`
     /// event whose `EventKey` carries a numeric scene.
+    /// A QR scan that is a login: its scene is a login fd (see
+    /// `crate::fd`); scans of the account's own codes are not.
+    pub fn login_scan(&self) -> Option<QrScan> {
+        self.qr_scan()
+            .filter(|s| crate::fd::Fd::from_scene(s.scene).is_some())
+    }
+
     pub fn qr_scan(&self) -> Option<QrScan> {
         match &self.kind {
             MessageKind::Event(Event::Subscribe {
