@@ -2,7 +2,8 @@
 # Installs what scripts/test.sh needs beyond Rust, on Debian/Ubuntu (root):
 # netcat-openbsd (the contract's `nc -N` example), chromium (browser test),
 # nginx and openssl (deploy/check.sh), node and npm (browser test driver),
-# python3 with wechatpy (the forwarding tests' account handler), and the
+# python3 with wechatpy (the forwarding tests' account handler) and PyJWT
+# (tests/examples), and the
 # rustfmt/clippy components.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -16,6 +17,10 @@ command -v python3 >/dev/null || { apt-get install -y -qq --no-install-recommend
 python3 -c 'import wechatpy' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore wechatpy==1.8.18 cryptography \
   || python3 -m pip install --quiet --break-system-packages wechatpy==1.8.18 cryptography
+# tests/examples/run.sh: the backend token-verifier example uses PyJWT.
+python3 -c 'import jwt; jwt.PyJWTError' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'PyJWT>=2.8,<3' \
+  || python3 -m pip install --quiet --break-system-packages 'PyJWT>=2.8,<3'
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

@@ -23,12 +23,43 @@
  *                 // one field `token`) and the browser follows it; the token
  *                 // is never put into a URL. Without a token (the gateway has
  *                 // no --login-token-secret) the browser just goes there.
- *     lang,       // 'zh' | 'en'; default from navigator.language
+ *     lang,       // 'en' | 'zh-Hans' (Simplified) | 'zh-Hant' (Traditional);
+ *                 // default from navigator.language. Any language tag works:
+ *                 // zh-TW, zh-HK, zh-MO and zh-Hant(-*) pick Traditional,
+ *                 // every other zh(-*) Simplified, anything else English.
+ *     strings,    // overrides for the texts, merged over the built-in table
+ *                 // of the chosen language (see "Strings" below)
  *   });
  *   handle.refresh();   // ask for a new code (reconnects if the socket is down)
  *   handle.destroy();   // close the socket, stop timers, empty the element
  *   handle.state        // current state (read-only)
  *   handle.lastCode     // detail of the last QR code shown, or null
+ *   ScanLogin.pickLang(tag)   // 'en' | 'zh-Hans' | 'zh-Hant' for a language
+ *                             // tag (default navigator.language), as mount
+ *                             // picks it: to match a page's own texts
+ *
+ * Strings
+ * -------
+ *   ScanLogin.mount(el, {
+ *     lang: 'en',   // optional; without it the overrides apply to whatever
+ *                   // language the browser picks
+ *     strings: {
+ *       scan: 'Scan with WeChat to sign in to Example',
+ *       scanned: function (name) { return 'Hi ' + (name || 'there') + ', confirm on your phone.'; }
+ *     }
+ *   });
+ * Keys not given keep the chosen language's built-in text; unknown keys are
+ * ignored with a console warning. Plain strings:
+ *   scan (the prompt under the code: the widget's title while a code is
+ *   shown), connecting, loadingCode, alt and altScanned (the image's alt
+ *   text), expired, awaitingConfirm, refresh, retryNow, redirecting,
+ *   unreachable, rateLimited, wechatUnavailable, shuttingDown, genericError,
+ *   imgFailed, phoneHint.
+ * Functions returning a string (a plain string is shown as is):
+ *   expiresIn(seconds), scanned(name), success(name), retryIn(seconds);
+ *   `name` may be ''. A function that throws falls back to the built-in text.
+ * `strings` is one table for the chosen language; for several languages pick
+ * the table yourself, e.g. with ScanLogin.pickLang().
  *
  * States (also written to element's `data-state` attribute):
  *   connecting   opening the WebSocket / waiting for a code
@@ -61,7 +92,7 @@
 (function (global) {
   'use strict';
 
-  var VERSION = '1.0.0';
+  var VERSION = '1.1.0';
 
   var PING_INTERVAL_MS = 20000;
   // A ping still unanswered this long after it was sent means a dead path.
@@ -107,7 +138,7 @@
       imgFailed: 'The QR image did not load.',
       phoneHint: 'On a phone? Open this page on another screen, or long-press the code inside WeChat.'
     },
-    zh: {
+    'zh-Hans': {
       connecting: '正在连接…',
       loadingCode: '正在获取二维码…',
       scan: '请使用微信扫一扫登录',
@@ -129,20 +160,46 @@
       genericError: '出现问题，正在重试…',
       imgFailed: '二维码图片加载失败。',
       phoneHint: '在手机上？请在另一块屏幕上打开本页，或在微信内长按识别二维码。'
+    },
+    'zh-Hant': {
+      connecting: '正在連線…',
+      loadingCode: '正在取得 QR Code…',
+      scan: '請使用微信掃一掃登入',
+      alt: '微信登入 QR Code，請用微信掃描此 QR Code 登入。',
+      altScanned: '微信登入 QR Code，已掃描，請在手機上確認登入。',
+      expiresIn: function (s) { return fmtTime(s) + ' 後過期'; },
+      expired: 'QR Code 已過期。',
+      scanned: function (u) { return (u ? u + ' 已掃描' : '已掃描') + '，請在手機上確認登入（在微信中回覆 1）'; },
+      awaitingConfirm: '等待在手機上確認…',
+      refresh: '重新整理 QR Code',
+      retryNow: '立即重試',
+      success: function (u) { return u ? u + '，登入成功' : '登入成功'; },
+      redirecting: '正在跳轉…',
+      unreachable: '無法連線至登入伺服器。',
+      retryIn: function (s) { return s + ' 秒後重試…'; },
+      rateLimited: '請求過於頻繁，稍後將自動取得新的 QR Code。',
+      wechatUnavailable: '微信服務暫時沒有回應，正在重試…',
+      shuttingDown: '登入伺服器正在重新啟動…',
+      genericError: '發生問題，正在重試…',
+      imgFailed: 'QR Code 圖片載入失敗。',
+      phoneHint: '在手機上？請在另一個螢幕上開啟本頁，或在微信內長按辨識 QR Code。'
     }
   };
 
+  // Colours meet WCAG AA on white: #06874a (a darker WeChat green) is 4.6:1
+  // against white, both ways, and #056b3b (hover) 6.6:1 under white text.
   var CSS = [
     '.scan-login{box-sizing:border-box;width:100%;max-width:320px;margin:0 auto;padding:16px;',
     'font:16px/1.45 system-ui,-apple-system,"PingFang SC","Microsoft YaHei",sans-serif;',
     'color:inherit;text-align:center;}',
+    '.scan-login:lang(zh-Hant){font-family:system-ui,-apple-system,"PingFang TC","Microsoft JhengHei",sans-serif;}',
     '.scan-login *{box-sizing:border-box;}',
     '.scan-login .sl-box{position:relative;width:100%;aspect-ratio:1/1;margin:0 auto 12px;',
     'border:1px solid #d0d7de;border-radius:12px;background:#fff;overflow:hidden;',
     'display:flex;align-items:center;justify-content:center;}',
     '.scan-login .sl-qr{display:block;width:100%;height:100%;object-fit:contain;padding:8px;}',
-    '.scan-login .sl-mark{font-size:72px;line-height:1;color:#07c160;}',
-    '.scan-login .sl-spinner{width:48px;height:48px;border:4px solid #d0d7de;border-top-color:#07c160;',
+    '.scan-login .sl-mark{font-size:72px;line-height:1;color:#06874a;}',
+    '.scan-login .sl-spinner{width:48px;height:48px;border:4px solid #d0d7de;border-top-color:#06874a;',
     'border-radius:50%;animation:sl-spin 1s linear infinite;}',
     '@keyframes sl-spin{to{transform:rotate(360deg);}}',
     '@media (prefers-reduced-motion:reduce){.scan-login .sl-spinner{animation:none;}}',
@@ -155,8 +212,8 @@
     '.scan-login .sl-note:empty{display:none;}',
     '.scan-login .sl-hint{display:none;margin:8px 0 0;font-size:13px;opacity:.75;}',
     '.scan-login .sl-btn{font:inherit;font-weight:600;min-height:44px;min-width:120px;padding:8px 20px;',
-    'border:0;border-radius:8px;background:#07c160;color:#fff;cursor:pointer;}',
-    '.scan-login .sl-btn:hover{background:#06ad56;}',
+    'border:0;border-radius:8px;background:#06874a;color:#fff;cursor:pointer;}',
+    '.scan-login .sl-btn:hover{background:#056b3b;}',
     '.scan-login .sl-btn:focus-visible{outline:3px solid #0969da;outline-offset:2px;}',
 
     '.scan-login[data-state="expired"] .sl-qr{filter:blur(2px) grayscale(1);opacity:.5;}',
@@ -174,10 +231,59 @@
     return m + ':' + (r < 10 ? '0' : '') + r;
   }
 
-  function pickLang(lang) {
-    var l = String(lang || (global.navigator && global.navigator.language) || 'en').toLowerCase();
-    return l.indexOf('zh') === 0 ? 'zh' : 'en';
+  /**
+   * 'en', 'zh-Hans' or 'zh-Hant' for a BCP 47 tag (default: the browser's):
+   * a Hant/Hans script subtag decides, else the regions TW, HK and MO mean
+   * Traditional; any other Chinese is Simplified, anything else English.
+   */
+  function pickLang(tag) {
+    var parts = String(tag || (global.navigator && global.navigator.language) || 'en')
+      .toLowerCase().replace(/_/g, '-').split('-');
+    if (parts[0] !== 'zh') return 'en';
+    for (var i = 1; i < parts.length; i++) {
+      if (parts[i] === 'hans') return 'zh-Hans';
+      if (parts[i] === 'hant' || parts[i] === 'tw' || parts[i] === 'hk' || parts[i] === 'mo') return 'zh-Hant';
+    }
+    return 'zh-Hans';
   }
+
+  /** The built-in table of `lang` with `overrides` (mount's `strings`) over it. */
+  function buildStrings(lang, overrides) {
+    var base = TEXT[lang];
+    var T = {};
+    var k;
+    for (k in base) if (Object.prototype.hasOwnProperty.call(base, k)) T[k] = base[k];
+    if (!overrides || typeof overrides !== 'object') return T;
+    for (k in overrides) {
+      if (!Object.prototype.hasOwnProperty.call(overrides, k)) continue;
+      var v = overrides[k];
+      var builtIn = base[k];
+      if (!Object.prototype.hasOwnProperty.call(base, k)) {
+        warn('ScanLogin.mount: unknown string "' + k + '" ignored');
+      } else if (typeof builtIn === 'function') {
+        if (typeof v === 'function') T[k] = guarded(k, v, builtIn);
+        else if (typeof v === 'string') T[k] = constant(v);
+        else warn('ScanLogin.mount: string "' + k + '" must be a function or a string');
+      } else if (typeof v === 'string') {
+        T[k] = v;
+      } else {
+        warn('ScanLogin.mount: string "' + k + '" must be a string');
+      }
+    }
+    return T;
+  }
+  function constant(s) { return function () { return s; }; }
+  function guarded(key, fn, fallback) {
+    var reported = false;   // some are called every second: say it once
+    return function (x) {
+      try { return String(fn(x)); } catch (e) {
+        if (!reported && global.console) global.console.error('scan-login: strings.' + key + ' failed:', e);
+        reported = true;
+        return fallback(x);
+      }
+    };
+  }
+  function warn(msg) { if (global.console) global.console.warn(msg); }
 
   function defaultUrl() {
     var loc = global.location;
@@ -219,7 +325,7 @@
     var opts = options || {};
     var doc = root.ownerDocument;
     var lang = pickLang(opts.lang);
-    var T = TEXT[lang];
+    var T = buildStrings(lang, opts.strings);
     var wsUrl = opts.url || defaultUrl();
 
     injectCss(doc);
@@ -228,7 +334,7 @@
     var prevClass = root.className;
     var prevLang = root.getAttribute('lang');
     root.classList.add('scan-login');
-    root.setAttribute('lang', lang === 'zh' ? 'zh-CN' : 'en');
+    root.setAttribute('lang', lang);
     while (root.firstChild) root.removeChild(root.firstChild);
 
     var box = el(doc, 'div', 'sl-box');
@@ -743,6 +849,7 @@
   global.ScanLogin = {
     version: VERSION,
     mount: mount,
+    pickLang: pickLang,
     ticketOf: ticketOf
   };
 })(typeof globalThis !== 'undefined' ? globalThis : window);

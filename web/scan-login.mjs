@@ -1,7 +1,7 @@
 /**
  * ES-module entry point for scan-login.js.
  *
- *   import ScanLogin, { mount } from '/scan-login.mjs';
+ *   import ScanLogin, { mount, pickLang } from '/scan-login.mjs';
  *   const handle = mount(document.getElementById('login'), { onSuccess });
  *
  * scan-login.js is a classic script that sets globalThis.ScanLogin; importing
@@ -15,4 +15,5 @@ const ScanLogin = globalThis.ScanLogin;
 export default ScanLogin;
 export const mount = (element, options) => ScanLogin.mount(element, options);
 export const ticketOf = (url) => ScanLogin.ticketOf(url);
+export const pickLang = (tag) => ScanLogin.pickLang(tag);
 export const version = ScanLogin.version;

@@ -44,6 +44,18 @@ pub enum ConfigError {
     UnknownKey { path: PathBuf, key: String },
     #[error("config file {path}: key `{key}` must be a string, number, boolean or list")]
     BadValue { path: PathBuf, key: String },
+    #[error("config file {path}: key `{key}` must be a number, not the string {value:?}")]
+    NotANumber {
+        path: PathBuf,
+        key: String,
+        value: String,
+    },
+    #[error(
+        "{origin} sets `check_config`, which is an action, not a setting: pass --check-config on the command line"
+    )]
+    ActionAsSetting { origin: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
     #[error("cannot read credential {path}: {source}")]
     Credential {
         path: PathBuf,
@@ -86,11 +98,32 @@ where
         .map(|a| a.get_id().to_string())
         .collect();
 
+    if env(CHECK_CONFIG_ENV).is_some() {
+        return Err(ConfigError::ActionAsSetting {
+            origin: format!("the environment variable {CHECK_CONFIG_ENV}"),
+        });
+    }
+    // Where each value that is not a flag came from, to name it in errors.
+    let mut sources: Vec<(String, String)> = Vec::new();
     if let Some(path) = config_path(&args).or_else(|| env(CONFIG_ENV).map(PathBuf::from)) {
-        for (key, value) in read_toml(&path)? {
+        for (key, value, is_string) in read_toml(&path)? {
+            if key == "check_config" {
+                return Err(ConfigError::ActionAsSetting {
+                    origin: format!("config file {}", path.display()),
+                });
+            }
             if key == "config" || !known.contains(&key) {
                 return Err(ConfigError::UnknownKey { path, key });
             }
+            let numeric = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == key.as_str())
+                .and_then(|a| a.get_default_values().first())
+                .is_some_and(|d| d.to_string_lossy().parse::<f64>().is_ok());
+            if numeric && is_string {
+                return Err(ConfigError::NotANumber { path, key, value });
+            }
+            sources.push((key.clone(), format!("key `{key}` in {}", path.display())));
             // A value from the file may be a secret: never show it in --help.
             cmd = cmd.mut_arg(key.as_str(), |a| hide_default(a.default_value(value)));
         }
@@ -105,6 +138,8 @@ where
             match std::fs::read_to_string(&path) {
                 Ok(v) => {
                     let v = v.trim_end_matches(['\r', '\n']).to_string();
+                    sources.retain(|(k, _)| k != name);
+                    sources.push((name.to_string(), format!("credential {}", path.display())));
                     cmd = cmd.mut_arg(name, |a| hide_default(a.default_value(v)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -112,9 +147,79 @@ where
             }
         }
     }
-    let matches = cmd.try_get_matches_from(args)?;
+    let flags = cmd.clone();
+    let matches = cmd
+        .try_get_matches_from(&args)
+        .map_err(|e| name_the_source(e, &flags, &args, &sources, &env))?;
     Ok(T::from_arg_matches(&matches)?)
 }
+
+/// A bad value that did not come from the command line is reported with
+/// where it came from (`key listen in /etc/…/gateway.toml`, an environment
+/// variable, a credential file), not as the flag the user never typed.
+fn name_the_source(
+    e: clap::Error,
+    cmd: &clap::Command,
+    args: &[OsString],
+    sources: &[(String, String)],
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return ConfigError::Clap(e);
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return ConfigError::Clap(e);
+    };
+    let Some(long) = arg
+        .strip_prefix("--")
+        .and_then(|a| a.split([' ', '=', '<']).next())
+    else {
+        return ConfigError::Clap(e);
+    };
+    let on_command_line = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+    });
+    if on_command_line {
+        return ConfigError::Clap(e);
+    }
+    let key = long.replace('-', "_");
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => format!(" {v:?}"),
+        _ => String::new(),
+    };
+    let why = e
+        .to_string()
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .and_then(|l| l.split_once(": ").map(|(_, why)| why.to_string()))
+        .unwrap_or_default();
+    let env_var = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == key.as_str())
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    let origin = match env_var.filter(|v| env(v).is_some()) {
+        Some(var) => format!("the environment variable {var}"),
+        None => match sources.iter().find(|(k, _)| *k == key) {
+            Some((_, s)) => s.clone(),
+            None => return ConfigError::Clap(e),
+        },
+    };
+    let message = if why.is_empty() {
+        format!("invalid value{value}")
+    } else {
+        format!("invalid value{value}: {why}")
+    };
+    ConfigError::Invalid { origin, message }
+}
+
+/// `--check-config`'s environment variable: an action, refused as a setting.
+pub const CHECK_CONFIG_ENV: &str = "SCAN_LOGIN_CHECK_CONFIG";
 
 /// Keeps a default that came from a file out of `--help` (it may be a
 /// secret). Bare boolean flags show no default anyway.
@@ -144,8 +249,8 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
-/// Reads the TOML file into (key, flag value) pairs.
-fn read_toml(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+/// Reads the TOML file into (key, flag value, was a TOML string) triples.
+fn read_toml(path: &Path) -> Result<Vec<(String, String, bool)>, ConfigError> {
     use std::io::Read;
     let read_err = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -172,8 +277,9 @@ fn read_toml(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
                 .map(|v| v.join(",")),
             _ => None,
         });
+        let is_string = matches!(value, toml::Value::String(_));
         match flag_value {
-            Some(v) => out.push((key, v)),
+            Some(v) => out.push((key, v, is_string)),
             None => {
                 return Err(ConfigError::BadValue {
                     path: path.to_path_buf(),
@@ -242,6 +348,35 @@ mod tests {
         let d = std::env::temp_dir().join(format!("daemon-kit-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn mistakes_name_where_they_were_made() {
+        let dir = tmpdir("mistakes");
+        let load = |text: &str, env: &[(&str, &str)]| {
+            let f = write(&dir, "m.toml", text);
+            load_from::<Demo, _>(["x", "--config", f.to_str().unwrap()], env_of(env))
+        };
+        // A number written as a string.
+        let e = load("rate = \"7\"\n", &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::NotANumber { key, .. } if key == "rate"),
+            "{e}"
+        );
+        // A bad value from the file names the key and the file, not --rate.
+        let e = load("rate = -3\n", &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("key `rate` in "), "{msg}");
+        assert!(msg.contains("m.toml") && msg.contains("-3"), "{msg}");
+        assert!(!msg.contains("--rate"), "{msg}");
+        // The same value on the command line is the flag's error, as clap says.
+        let e = load_from::<Demo, _>(["x", "--rate", "-3"], env_of(&[])).unwrap_err();
+        assert!(matches!(e, ConfigError::Clap(_)));
+        // --check-config is an action: not a key, not an env var.
+        let e = load("check_config = true\n", &[]).unwrap_err();
+        assert!(matches!(e, ConfigError::ActionAsSetting { .. }), "{e}");
+        let e = load("", &[(CHECK_CONFIG_ENV, "1")]).unwrap_err();
+        assert!(e.to_string().contains(CHECK_CONFIG_ENV), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The HTTP/1.1 accept loop every daemon's listener uses: a cap on open
-//! connections (a permit taken before `accept`), a header read timeout, one
-//! task per connection, upgrades allowed, and graceful drain on shutdown.
+//! The HTTP/1.1 server every daemon's listener uses, on
+//! [`crate::accept::accept_loop`]: a cap on open connections (a permit
+//! taken before `accept`), a header read timeout, one task per connection,
+//! upgrades allowed, and graceful drain on shutdown.
 //! Plus the small response helpers the handlers share.
 
 use std::convert::Infallible;
@@ -62,27 +63,11 @@ pub async fn serve<H, Fut>(
 {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let admit = || {
+        let permits = Arc::clone(&permits);
+        async move { permits.acquire_owned().await.ok() }
+    };
+    crate::accept::accept_loop(&listener, &shutdown, admit, |stream, peer, permit| {
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
@@ -111,7 +96,8 @@ pub async fn serve<H, Fut>(
             }
             .instrument(tracing::debug_span!("http", %peer)),
         );
-    }
+    })
+    .await;
     drop(listener);
     tracker.close();
     if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {

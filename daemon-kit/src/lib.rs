@@ -1,11 +1,15 @@
 //! What every daemon in wechat-scan-login does the same way, so each does it
-//! once: layered configuration ([`config`]), secrets that never print
+//! once: the lifecycle from settings to exit code ([`daemon`]), layered
+//! configuration ([`config`]), secrets that never print
 //! ([`Secret`]), one shutdown signal ([`shutdown`]), logging
-//! ([`telemetry`]), the HTTP accept loop ([`http`]), Prometheus text
+//! ([`telemetry`]), the TCP accept loop ([`accept`]) and the HTTP server
+//! on it ([`http`]), Prometheus text
 //! ([`metrics`]), readiness for `/healthz` ([`health`]) and systemd
 //! readiness and watchdog ([`systemd`]).
 
+pub mod accept;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod http;
 pub mod metrics;

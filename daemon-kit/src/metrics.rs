@@ -118,23 +118,143 @@ impl Exposition {
 
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> &mut Self {
         self.header(name, help, "histogram");
+        self.histogram_series(name, "", h);
+        self
+    }
+
+    /// A histogram family with one label.
+    pub fn histograms<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, &'a Histogram)>,
+    ) -> &mut Self {
+        self.header(name, help, "histogram");
+        for (l, h) in values {
+            self.histogram_series(name, &format!("{label}=\"{l}\","), h);
+        }
+        self
+    }
+
+    fn histogram_series(&mut self, name: &str, labels: &str, h: &Histogram) {
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
             let _ = writeln!(
                 self.out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
+                "{name}_bucket{{{labels}le=\"{bound}\"}} {}",
                 bucket.load(Ordering::Relaxed)
             );
         }
         let count = h.count();
-        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(self.out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(
+            self.out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
+    }
+
+    /// `<prefix>_build_info{version="…"} 1` and the process's own metrics
+    /// (resident memory, open files, CPU seconds, start time) from
+    /// `/proc/self`, as Prometheus clients name them.
+    pub fn build_and_process(&mut self, prefix: &str, version: &str) -> &mut Self {
+        let name = format!("{prefix}_build_info");
+        self.header(&name, "The running version (value always 1).", "gauge");
+        let _ = writeln!(self.out, "{name}{{version=\"{version}\"}} 1");
+        let p = process_stats();
+        if let Some(rss) = p.resident_bytes {
+            self.gauge_f(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                rss as f64,
+            );
+        }
+        if let Some(fds) = p.open_fds {
+            self.gauge_f("process_open_fds", "Open file descriptors.", fds as f64);
+        }
+        if let Some(cpu) = p.cpu_seconds {
+            self.header(
+                "process_cpu_seconds_total",
+                "User and system CPU time in seconds.",
+                "counter",
+            );
+            let _ = writeln!(self.out, "process_cpu_seconds_total {cpu}");
+        }
+        if let Some(start) = p.start_time_seconds {
+            self.gauge_f(
+                "process_start_time_seconds",
+                "Start time since the Unix epoch in seconds.",
+                start,
+            );
+        }
         self
+    }
+
+    fn gauge_f(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.out, "{name} {value}");
     }
 
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.out)
     }
+}
+
+/// What `/proc/self` says about this process (each `None` where it
+/// cannot be read).
+#[derive(Debug, Default)]
+struct ProcessStats {
+    resident_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    cpu_seconds: Option<f64>,
+    start_time_seconds: Option<f64>,
+}
+
+/// Clock ticks per second as `/proc` counts them (`sysconf(_SC_CLK_TCK)`,
+/// 100 on every Linux this runs on).
+const CLK_TCK: f64 = 100.0;
+/// Page size of `statm` (4 KiB on x86-64 and most aarch64 kernels).
+const PAGE_BYTES: u64 = 4096;
+
+fn process_stats() -> ProcessStats {
+    let mut p = ProcessStats::default();
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        p.resident_bytes = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|pages| pages * PAGE_BYTES);
+    }
+    p.open_fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64);
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15, starttime 22.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(u), Some(s)) = (field(14), field(15)) {
+            p.cpu_seconds = Some((u + s) / CLK_TCK);
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            p.start_time_seconds = Some(boot + start / CLK_TCK);
+        }
+    }
+    p
 }
 
 #[cfg(test)]
@@ -158,5 +278,21 @@ mod tests {
         assert!(text.contains("lat_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("lat_seconds_count 2\n"));
+        let text = Exposition::new()
+            .histograms("api_seconds", "A.", "endpoint", [("user/info", &h)])
+            .build_and_process("x", "1.2.3")
+            .finish();
+        assert!(
+            text.contains("api_seconds_bucket{endpoint=\"user/info\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api_seconds_count{endpoint=\"user/info\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_build_info{version=\"1.2.3\"} 1\n"));
+        assert!(text.contains("process_resident_memory_bytes "));
+        assert!(text.contains("process_open_fds "));
+        assert!(text.contains("process_cpu_seconds_total "));
     }
 }

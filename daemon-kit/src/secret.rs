@@ -37,6 +37,17 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Serialised (for `--check-config`'s summary) as `"<set>"`, never the value.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<set>"
+        })
+    }
+}
+
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")

@@ -39,3 +39,53 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Runs `tick` every `period` (the first time after one period) until
+/// `shutdown`; a late tick is delayed, not bunched.
+pub fn every<F, Fut>(
+    period: Duration,
+    shutdown: &CancellationToken,
+    mut tick: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn every_ticks_until_shutdown() {
+        let stop = CancellationToken::new();
+        let n = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&n);
+        let task = every(Duration::from_secs(10), &stop, move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+        stop.cancel();
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+}

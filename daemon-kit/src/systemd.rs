@@ -33,16 +33,8 @@ pub fn notify(state: &str) {
 pub fn ready(shutdown: &CancellationToken) {
     notify("READY=1");
     if let Some(interval) = watchdog_interval() {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => notify("WATCHDOG=1"),
-                }
-            }
-        });
+        notify("WATCHDOG=1");
+        crate::shutdown::every(interval, shutdown, || async { notify("WATCHDOG=1") });
     }
 }
 

@@ -13,7 +13,12 @@
 //   (f) Chinese text for a Chinese browser;
 //   (g) with wechat-callback --confirm-login, a scan shows the "scanned"
 //       state (confirm on the phone) and the user's reply "1" logs in;
-//   (h) the `redirect` option POSTs the token as a form field, never in a URL.
+//   (h) the `redirect` option POSTs the token as a form field, never in a URL;
+//   (i) Traditional Chinese for a zh-TW browser, and how tags pick a language;
+//   (j) `strings` overrides merged over the table of the `lang` asked for;
+//   (k) the demo page shows its fd, ticket and a ready-to-paste `nc` line,
+//       kept current when the code changes; that line's JSON, sent to the
+//       notify port (with node's net, no nc), logs the page in.
 // A console error or an uncaught exception on a page fails the test (a few
 // expected ones, such as refused WebSocket connections while the gateway is
 // down, are allowed where they are expected).
@@ -114,6 +119,22 @@ async function waitHealthy(base, child) {
 }
 
 /**
+ * Sends `line` (plus a newline) to the notify port with a plain socket,
+ * half-closes, and returns what came back, trimmed.
+ */
+function sendLine(port, line) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, HOST, () => { sock.end(`${line}\n`); });
+    let got = '';
+    sock.setEncoding('utf8');
+    sock.setTimeout(5000, () => { sock.destroy(); reject(new Error(`notify timed out; got ${got}`)); });
+    sock.on('data', (d) => { got += d; });
+    sock.on('error', reject);
+    sock.on('close', () => resolve(got.trim()));
+  });
+}
+
+/**
  * Sends one NDJSON line to the gateway's notify port and returns the answer
  * line, with `nc -N` as the contract shows (or a plain socket where there is
  * no nc).
@@ -131,12 +152,7 @@ function notify(port, obj) {
       clearTimeout(timer);
       if (e.code !== 'ENOENT') return reject(e);
       // No nc on this machine: same thing with a socket.
-      const sock = net.connect(port, HOST, () => { sock.end(line); });
-      let got = '';
-      sock.setTimeout(5000, () => { sock.destroy(); reject(new Error('notify timed out')); });
-      sock.on('data', (d) => { got += d; });
-      sock.on('error', reject);
-      sock.on('close', () => resolve(got.trim()));
+      sendLine(port, JSON.stringify(obj)).then(resolve, reject);
     });
     nc.on('exit', (code) => {
       clearTimeout(timer);
@@ -448,6 +464,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     await waitState(p, 'qr');
     await waitImageLoaded(p);
     assert.equal(await p.locator('#login [aria-live="polite"]').first().textContent(), '请使用微信扫一扫登录');
+    assert.equal(await p.locator('#login').getAttribute('lang'), 'zh-Hans');
     assert.equal(await state(p), 'qr');
     await shot(p, 'f-qr-zh');
     assertNoPageErrors(p);
@@ -550,6 +567,153 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     assert.equal(new URLSearchParams(landed.body).get('token'), token);
     assert.equal(landed.url, `http://${HOST}:${ports.gw}/after-login?from=test`, 'the token is not in the URL');
     assert.ok(!p.url().includes(token), 'the token is not in the address bar');
+    assertNoPageErrors(p);
+    await p.context().close();
+  });
+
+  /** Characters only Simplified Chinese writes so (Traditional has others). */
+  const SIMPLIFIED_ONLY = /[码扫录请连获维确后过务问题败载应试开击对标]/g;
+
+  it('(i) speaks Traditional Chinese to a zh-TW browser', async () => {
+    const p = await newPage('zh-TW');
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    await waitImageLoaded(p);
+    const root = p.locator('#login');
+    assert.equal(await root.getAttribute('lang'), 'zh-Hant');
+    assert.equal(await p.evaluate(() => document.documentElement.lang), 'zh-Hant');
+    assert.equal(await p.locator('#login [role="status"]').textContent(), '請使用微信掃一掃登入');
+    assert.match(await p.locator('#login .sl-sub').textContent(), /^\d+:\d\d 後過期$/);
+    assert.equal(await p.locator('#login img.sl-qr').getAttribute('alt'), '微信登入 QR Code，請用微信掃描此 QR Code 登入。');
+    assert.equal(await p.locator('#login .sl-hint').textContent(),
+      '在手機上？請在另一個螢幕上開啟本頁，或在微信內長按辨識 QR Code。');
+    // The demo page around the widget speaks the same language.
+    assert.equal(await p.locator('#title').textContent(), '掃碼登入');
+    assert.equal(await p.locator('#sim-button').textContent(), '模擬掃碼');
+    await p.waitForSelector('#sim-manual:not([hidden])');
+    assert.equal(await p.locator('#sim-manual-lead').textContent(), '或在終端機中手動登入：');
+    // Nothing on the page (text, alt, hidden hint) is in Simplified script.
+    const all = await p.evaluate(() => [
+      document.title,
+      document.body.innerText,
+      document.querySelector('#login img.sl-qr').alt,
+      document.querySelector('#login .sl-hint').textContent,
+    ].join('\n'));
+    assert.deepEqual(all.match(SIMPLIFIED_ONLY), null, `Simplified characters on a zh-TW page:\n${all}`);
+
+    // How language tags map to the three tables (mount picks the same way).
+    const picks = await p.evaluate(() => {
+      const tags = ['zh-TW', 'zh-HK', 'zh-MO', 'zh-Hant', 'zh-Hant-CN', 'zh_TW', 'zh-Hans-HK',
+        'zh-CN', 'zh-SG', 'zh-Hans', 'zh', 'en-US', 'en', 'fr-FR', 'zha'];
+      return Object.fromEntries(tags.map((t) => [t, window.ScanLogin.pickLang(t)]).concat([['(browser)', window.ScanLogin.pickLang()]]));
+    });
+    assert.deepEqual(picks, {
+      'zh-TW': 'zh-Hant', 'zh-HK': 'zh-Hant', 'zh-MO': 'zh-Hant', 'zh-Hant': 'zh-Hant',
+      'zh-Hant-CN': 'zh-Hant', zh_TW: 'zh-Hant', 'zh-Hans-HK': 'zh-Hans',
+      'zh-CN': 'zh-Hans', 'zh-SG': 'zh-Hans', 'zh-Hans': 'zh-Hans', zh: 'zh-Hans',
+      'en-US': 'en', en: 'en', 'fr-FR': 'en', zha: 'en', '(browser)': 'zh-Hant',
+    });
+    await shot(p, 'i-qr-zh-hant');
+    assertNoPageErrors(p);
+    await p.context().close();
+  });
+
+  it('(j) `strings` override the texts of the language `lang` forces', async () => {
+    const p = await newPage('zh-TW');
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    // window.remount(opts) replaces the widget on the page by one with `opts`.
+    await p.evaluate(() => {
+      window.remount = (opts) => {
+        (window.h || window.scanLoginDemo.handle).destroy();
+        window.h = window.ScanLogin.mount(document.getElementById('login'), opts);
+      };
+    });
+    const view = async () => {
+      await p.waitForFunction(() => window.h.state === 'qr', null, { timeout: WAIT_MS });
+      return p.evaluate(() => ({
+        lang: document.getElementById('login').lang,
+        status: document.querySelector('#login [role="status"]').textContent,
+        sub: document.querySelector('#login .sl-sub').textContent,
+        alt: document.querySelector('#login img.sl-qr').alt,
+      }));
+    };
+
+    // English forced on a zh-TW browser, with a title and a function override.
+    await p.evaluate(() => window.remount({
+      lang: 'en',
+      strings: { scan: 'Sign in to Example with WeChat', expiresIn: (s) => `Good for ${s} more seconds` },
+    }));
+    let v = await view();
+    assert.equal(v.lang, 'en');
+    assert.equal(v.status, 'Sign in to Example with WeChat');
+    assert.match(v.sub, /^Good for \d+ more seconds$/);
+    // Keys not overridden keep the English built-ins.
+    assert.equal(v.alt, 'WeChat login QR code. Scan it with the WeChat app to log in.');
+    await shot(p, 'j-strings-en');
+
+    // Simplified forced; an override merged over the Simplified table.
+    await p.evaluate(() => window.remount({ lang: 'zh-Hans', strings: { scan: '用微信扫码登录 Example' } }));
+    v = await view();
+    assert.equal(v.lang, 'zh-Hans');
+    assert.equal(v.status, '用微信扫码登录 Example');
+    assert.match(v.sub, /^\d+:\d\d 后过期$/);
+    assert.equal(v.alt, '微信登录二维码，请用微信扫描此二维码登录。');
+
+    // Traditional forced, no overrides: the built-in Traditional table.
+    await p.evaluate(() => window.remount({ lang: 'zh-Hant' }));
+    v = await view();
+    assert.equal(v.lang, 'zh-Hant');
+    assert.equal(v.status, '請使用微信掃一掃登入');
+    assert.match(v.sub, /^\d+:\d\d 後過期$/);
+    await p.evaluate(() => window.h.destroy());
+    assertNoPageErrors(p);
+    await p.context().close();
+  });
+
+  it('(k) the demo page\'s nc line for its fd logs it in (sent with net, not nc)', async () => {
+    const p = await newPage();
+    await p.goto(`http://${HOST}:${ports.gw}/`);
+    await waitState(p, 'qr');
+    await waitImageLoaded(p);
+
+    /**
+     * Waits for the "by hand" block to show `ticket`; checks the fd, the
+     * ticket and the nc line against the simulator; returns the line's JSON.
+     */
+    async function manualJson(ticket) {
+      await p.waitForFunction((t) => !document.getElementById('sim-manual').hidden
+        && document.getElementById('sim-ticket').textContent === t, ticket, { timeout: WAIT_MS });
+      assert.ok(await p.locator('#sim-nc').isVisible(), 'the nc line is shown');
+      const fd = await fdOfTicket(ticket);
+      assert.equal(await p.locator('#sim-fd').textContent(), String(fd));
+      const line = await p.locator('#sim-nc').textContent();
+      const m = /^echo '((?:[^']|'\\'')*)' \| nc -N 127\.0\.0\.1 9999$/.exec(line);
+      assert.ok(m, `an "echo '<json>' | nc -N 127.0.0.1 9999" line: ${line}`);
+      const json = m[1].replace(/'\\''/g, "'");
+      assert.equal(json, JSON.stringify({ type: 'scan', fd, nickname: 'Alice', ticket }));
+      return json;
+    }
+
+    const first = await qrSrc(p);
+    const firstJson = await manualJson(ticketOf(first));
+    await shot(p, 'k-nc-line');
+
+    // A new code: the line follows it.
+    await p.evaluate(() => window.scanLoginDemo.handle.refresh());
+    const second = await waitNewCode(p, first);
+    const ticket = ticketOf(second);
+    const json = await manualJson(ticket);
+    assert.notEqual(json, firstJson);
+
+    const answer = await sendLine(ports.notify, json);
+    assert.deepEqual(JSON.parse(answer), { ok: true });
+    await waitState(p, 'success');
+    await p.waitForSelector('#result:not([hidden])');
+    assert.equal(await p.locator('#r-user').textContent(), 'Alice');
+    assert.equal(await p.locator('#login [role="status"]').textContent(), 'Logged in as Alice');
+    assert.equal(await p.locator('#sim-manual').isVisible(), false, 'no nc line once logged in');
+    await shot(p, 'k-success');
     assertNoPageErrors(p);
     await p.context().close();
   });

@@ -175,3 +175,136 @@ async fn a_passing_fault_holds_healthz_at_503_until_a_token_is_had() {
     let reason = saw_503.expect("/healthz was 503 while no token could be had");
     assert!(reason.contains("access token"), "{reason}");
 }
+
+/// The three daemons share one lifecycle: the same exit codes and shape
+/// for a mistake, `--check-config` without side effects, `--log-format
+/// json`, and mistakes named where they were made.
+#[tokio::test]
+async fn one_lifecycle_for_every_daemon() {
+    use e2e::process::run_to_end;
+    let dir = e2e::process::temp_dir("lifecycle");
+    let db = dir.join("never-created.db");
+    let (_sim, url) = sim().await;
+    let valid: [(&str, Vec<String>); 3] = [
+        (
+            "ws-gateway",
+            vec![
+                "--app-id".into(),
+                APPID.into(),
+                "--app-secret".into(),
+                SECRET.into(),
+                "--wechat-api-base".into(),
+                url.clone(),
+            ],
+        ),
+        (
+            "wechat-callback",
+            vec![
+                "--token".into(),
+                TOKEN.into(),
+                "--db".into(),
+                db.display().to_string(),
+            ],
+        ),
+        (
+            "wechat-sim",
+            vec![
+                "--app-id".into(),
+                APPID.into(),
+                "--app-secret".into(),
+                SECRET.into(),
+                "--token".into(),
+                TOKEN.into(),
+            ],
+        ),
+    ];
+    for (bin, args) in &valid {
+        let path = e2e::bin_path(bin);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // --check-config: exit 0, the same first line, settings with
+        // secrets shown only as set.
+        let mut check = args.clone();
+        check.push("--check-config");
+        let (status, out, err) = run_to_end(&path, &check, &[]);
+        assert!(status.success(), "{bin}: {err}");
+        assert!(
+            out.starts_with(&format!("# {bin}: configuration ok\n")),
+            "{bin}: {out}"
+        );
+        assert!(
+            !out.contains(SECRET) && !out.contains(TOKEN),
+            "{bin}: {out}"
+        );
+        // A missing required setting: exit 2, `error: ...`, all of them.
+        let (status, _, err) = run_to_end(&path, &["--check-config"], &[]);
+        assert_eq!(status.code(), Some(2), "{bin}: {err}");
+        assert!(err.starts_with("error: "), "{bin}: {err}");
+        // A bad value in the file is named by key and file.
+        let file = dir.join(format!("{bin}.toml"));
+        std::fs::write(&file, "max_connections = -1\n").unwrap();
+        let mut with_file = args.clone();
+        let file_arg = file.display().to_string();
+        with_file.extend(["--config", &file_arg]);
+        let (status, _, err) = run_to_end(&path, &with_file, &[]);
+        assert_eq!(status.code(), Some(2), "{bin}: {err}");
+        assert!(
+            err.contains("key `max_connections` in") && err.contains(&file_arg),
+            "{bin}: {err}"
+        );
+        // A number written as a string, and check_config as a key or env.
+        std::fs::write(&file, "max_connections = \"5\"\n").unwrap();
+        let (status, _, err) = run_to_end(&path, &with_file, &[]);
+        assert_eq!(status.code(), Some(2), "{bin}: {err}");
+        assert!(err.contains("must be a number"), "{bin}: {err}");
+        std::fs::write(&file, "check_config = true\n").unwrap();
+        let (status, _, err) = run_to_end(&path, &with_file, &[]);
+        assert_eq!(status.code(), Some(2), "{bin}: {err}");
+        assert!(err.contains("action"), "{bin}: {err}");
+        let (status, _, err) = run_to_end(&path, &args, &[("SCAN_LOGIN_CHECK_CONFIG", "true")]);
+        assert_eq!(status.code(), Some(2), "{bin}: {err}");
+    }
+    assert!(!db.exists(), "--check-config created the database");
+
+    // --log-format json: every line one JSON object; under systemd
+    // (JOURNAL_STREAM) without the timestamp the journal adds itself.
+    for journal in [false, true] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = valid[1].1.clone();
+        args.extend([
+            "--listen".into(),
+            listen.clone(),
+            "--log-format".into(),
+            "json".into(),
+        ]);
+        let mut env = vec![];
+        if journal {
+            env.push(("JOURNAL_STREAM", "8:12345"));
+        }
+        let mut cb = Daemon::spawn(&e2e::bin_path("wechat-callback"), &args, &env);
+        cb.wait_healthy(&format!("http://{listen}/healthz")).await;
+        assert!(cb.terminate().success());
+        let log = cb.stderr();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let listening = lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "wechat-callback listening")
+            .unwrap_or_else(|| panic!("no start line:\n{log}"));
+        assert_eq!(listening["level"], "INFO");
+        assert_eq!(listening["fields"]["listen"], listen);
+        assert!(listening["fields"]["version"].is_string(), "{listening}");
+        assert_eq!(
+            listening.get("timestamp").is_some(),
+            !journal,
+            "{listening}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -13,12 +13,13 @@ use protocol::wechat::crypto::AesKey;
 /// The HTTP endpoint WeChat's servers call when a user scans a login QR
 /// code: verifies and decrypts the callback, records the login in SQLite,
 /// notifies ws-gateway and replies to the user.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, serde::Serialize)]
 #[command(name = "wechat-callback", version, about, long_about = None)]
 pub struct Config {
     /// TOML file with any of these settings (keys are the flag names with
     /// `_` for `-`). Flags win over env, env over the file.
     #[arg(long, env = "SCAN_LOGIN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// Address to serve `/wechat`, `/healthz` and `/metrics` on.
@@ -175,9 +176,23 @@ pub struct Config {
     #[arg(long, env = "SCAN_LOGIN_LOGIN_TOKEN_AUDIENCE")]
     pub login_token_audience: Option<String>,
 
-    /// Check the settings (and that the database opens), then exit 0, or
-    /// print what is wrong and exit 1. For systemd's ExecStartPre=.
-    #[arg(long, env = "SCAN_LOGIN_CHECK_CONFIG", action = ArgAction::SetTrue, value_parser = bool_flag())]
+    /// Log lines as text, or as one JSON object per line (`timestamp`,
+    /// `level`, `target`, `fields`). Under systemd no timestamp is printed
+    /// (the journal adds its own).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_LOG_FORMAT",
+        value_enum,
+        default_value_t = daemon_kit::telemetry::LogFormat::Text
+    )]
+    pub log_format: daemon_kit::telemetry::LogFormat,
+
+    /// Check the settings (and that the database can be opened, without
+    /// creating or migrating it), print them (secrets redacted) and exit:
+    /// 0 when valid, 2 with the reason otherwise. For systemd's
+    /// ExecStartPre=.
+    #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip)]
     pub check_config: bool,
 }
 
@@ -221,7 +236,8 @@ pub enum ConfigError {
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Which POSTs are accepted (the WeChat console's message mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MessageMode {
     /// 明文: plaintext POSTs; an encrypted one is opened only with a key.
     Plain,
@@ -369,5 +385,26 @@ impl Config {
             login_token_audience: self.login_token_audience.clone().filter(|a| !a.is_empty()),
             forward_url,
         })
+    }
+}
+
+impl daemon_kit::daemon::Daemon for Config {
+    const NAME: &'static str = "wechat-callback";
+
+    fn check_config(&self) -> bool {
+        self.check_config
+    }
+
+    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
+        self.log_format
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let settings = self.settings().map_err(|e| e.to_string())?;
+        if self.check_config {
+            crate::store::Store::check(&settings.db)
+                .map_err(|e| format!("database {}: {e}", settings.db.display()))?;
+        }
+        Ok(())
     }
 }

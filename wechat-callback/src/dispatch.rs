@@ -252,7 +252,10 @@ async fn on_text_while_confirming(
 /// Looks the user up, within its time budget (a fallback name otherwise).
 async fn look_up(app: &App, openid: &str) -> Option<UserInfo> {
     let api = app.api.as_ref()?;
-    match tokio::time::timeout(app.settings.user_info_timeout, api.user_info(openid)).await {
+    let t0 = Instant::now();
+    let result = tokio::time::timeout(app.settings.user_info_timeout, api.user_info(openid)).await;
+    app.metrics.user_info_latency.observe(t0.elapsed());
+    match result {
         Ok(Ok(info)) => Some(info),
         Ok(Err(e)) => {
             warn!(cause = %e, "user/info failed; using the fallback name");

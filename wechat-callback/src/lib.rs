@@ -121,17 +121,13 @@ pub async fn run(
     }
     let pruner = {
         let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => match app.store.prune(signature_retention(&app.settings)).await {
-                        Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(cause = %e, "prune failed"),
-                    },
+        daemon_kit::shutdown::every(PRUNE_EVERY, &shutdown, move || {
+            let app = app.clone();
+            async move {
+                match app.store.prune(signature_retention(&app.settings)).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(cause = %e, "prune failed"),
                 }
             }
         })
@@ -154,13 +150,6 @@ pub async fn run(
         );
     }
     daemon_kit::systemd::ready(&shutdown);
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            daemon_kit::systemd::stopping();
-        });
-    }
     let options = ServeOptions {
         max_connections: app.settings.max_connections,
         ..ServeOptions::default()

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub callback_latency: Histogram,
     pub notify_latency: Histogram,
+    pub user_info_latency: Histogram,
 }
 
 impl Metrics {
@@ -104,15 +105,22 @@ impl Metrics {
                 self.store_errors.get(),
             )
             .histogram(
-                "wechat_callback_seconds",
+                "wechat_callback_request_duration_seconds",
                 "Time to answer a callback POST.",
                 &self.callback_latency,
             )
             .histogram(
-                "wechat_callback_notify_seconds",
-                "Notify bus round trip.",
+                "wechat_callback_notify_duration_seconds",
+                "Notify bus round trip (request written to answer read).",
                 &self.notify_latency,
             )
+            .histograms(
+                "wechat_callback_api_call_duration_seconds",
+                "Duration of WeChat API calls, by endpoint (including getting the access token).",
+                "endpoint",
+                [("user/info", &self.user_info_latency)],
+            )
+            .build_and_process("wechat_callback", env!("CARGO_PKG_VERSION"))
             .finish()
     }
 }

@@ -156,6 +156,39 @@ impl Store {
         })
     }
 
+    /// Checks, without creating or migrating anything, that the database
+    /// at `path` can be used: an existing file opens read-only with a
+    /// schema this binary knows; a missing one can be created in its
+    /// directory.
+    pub fn check(path: &Path) -> Result<(), StoreError> {
+        if path.exists() {
+            let conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let known = MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(StoreError::TooNew {
+                    found: version,
+                    known,
+                });
+            }
+            return Ok(());
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| StoreError::Task(format!("directory {}: {e}", dir.display())))?;
+        if !meta.is_dir() || meta.permissions().readonly() {
+            return Err(StoreError::Task(format!(
+                "directory {} is not a writable directory",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -58,10 +58,11 @@ pub struct ScanArgs {
 }
 
 /// The server's settings.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Config {
     /// TOML file with any of these settings (keys are the flag names with `_`).
     #[arg(long, env = "SCAN_LOGIN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address of the HTTP listener (the API, /sim/* and /healthz).
     #[arg(long, env = "SCAN_LOGIN_LISTEN", default_value = "127.0.0.1:9000")]
@@ -107,13 +108,42 @@ pub struct Config {
     /// Most HTTP connections open at once.
     #[arg(long, env = "SCAN_LOGIN_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_LOG_FORMAT",
+        value_enum,
+        default_value_t = daemon_kit::telemetry::LogFormat::Text
+    )]
+    pub log_format: daemon_kit::telemetry::LogFormat,
+    /// Check the settings, print them (secrets redacted) and exit: 0 when
+    /// valid, 2 with the reason otherwise.
+    #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip)]
+    pub check_config: bool,
+}
+
+impl daemon_kit::daemon::Daemon for Config {
+    const NAME: &'static str = "wechat-sim";
+
+    fn check_config(&self) -> bool {
+        self.check_config
+    }
+
+    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
+        self.log_format
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.settings().map(drop).map_err(|e| e.to_string())
+    }
 }
 
 /// Why the settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--{0} is required")]
-    Missing(&'static str),
+    #[error("required settings missing: {0}")]
+    Missing(String),
     #[error("--encoding-aes-key must be 43 base64 characters")]
     BadAesKey,
     #[error("--callback-url is not an http(s) URL: {0}")]
@@ -142,21 +172,22 @@ pub struct Settings {
 impl Config {
     /// Checks the settings and derives what the server needs from them.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let app_id = self
-            .app_id
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::Missing("app-id"))?;
-        let app_secret = self
-            .app_secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::Missing("app-secret"))?;
-        let token = self
-            .token
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::Missing("token"))?;
+        let app_id = self.app_id.clone().filter(|s| !s.is_empty());
+        let app_secret = self.app_secret.clone().filter(|s| !s.is_empty());
+        let token = self.token.clone().filter(|s| !s.is_empty());
+        let (Some(app_id), Some(app_secret), Some(token)) =
+            (app_id.clone(), app_secret.clone(), token.clone())
+        else {
+            let missing: Vec<&str> = [
+                (app_id.is_none(), "--app-id"),
+                (app_secret.is_none(), "--app-secret"),
+                (token.is_none(), "--token"),
+            ]
+            .into_iter()
+            .filter_map(|(gone, flag)| gone.then_some(flag))
+            .collect();
+            return Err(ConfigError::Missing(missing.join(", ")));
+        };
         let aes_key = match &self.encoding_aes_key {
             Some(k) if !k.is_empty() => Some(
                 AesKey::from_encoding_aes_key(k.expose()).map_err(|_| ConfigError::BadAesKey)?,
@@ -223,7 +254,12 @@ mod tests {
         let cli = parse(&["--app-id", "wx1", "--token", "t"]);
         assert!(matches!(
             cli.server.settings(),
-            Err(ConfigError::Missing("app-secret"))
+            Err(ConfigError::Missing(m)) if m == "--app-secret"
+        ));
+        let cli = parse(&[]);
+        assert!(matches!(
+            cli.server.settings(),
+            Err(ConfigError::Missing(m)) if m == "--app-id, --app-secret, --token"
         ));
         let cli = parse(&[
             "--app-id",
@@ -280,6 +316,11 @@ mod tests {
                 continue;
             }
             let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            if id == "check_config" {
+                // An action, not a setting: a flag only.
+                assert_eq!(env, "", "--check-config must have no env var");
+                continue;
+            }
             let expected = match id {
                 "app_secret" => "WECHAT_APP_SECRET".to_string(),
                 "token" => "WECHAT_TOKEN".to_string(),

@@ -71,16 +71,9 @@ pub async fn run(
 
     let sweeper = {
         let state = state.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => state.tickets.sweep(Instant::now()),
-                }
-            }
+        daemon_kit::shutdown::every(SWEEP_INTERVAL, &shutdown, move || {
+            state.tickets.sweep(Instant::now());
+            async {}
         })
     };
 
@@ -94,7 +87,6 @@ pub async fn run(
         routes::handle(handler_state.clone(), req)
     })
     .await;
-    daemon_kit::systemd::stopping();
     sweeper.abort();
     tracing::info!("wechat-sim stopped");
     Ok(())

@@ -110,19 +110,9 @@ impl Conns {
 pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let tracker = TaskTracker::new();
     let conns = Arc::new(Conns::default());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(cause = %e, "bus accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    // No waiting for a place: at the cap the longest-idle connection goes.
+    let admit = || std::future::ready(Some(()));
+    daemon_kit::accept::accept_loop(&listener, &gw.shutdown, admit, |stream, peer, ()| {
         let (id, closing, evicted) = conns.admit(Instant::now(), MAX_BUS_CONNECTIONS);
         if evicted {
             gw.metrics.bus_evicted.inc();
@@ -137,7 +127,8 @@ pub(crate) async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
             }
             .instrument(tracing::debug_span!("bus", %peer)),
         );
-    }
+    })
+    .await;
     drop(listener);
     tracker.close();
     if tokio::time::timeout(daemon_kit::shutdown::GRACE, tracker.wait())
@@ -177,7 +168,16 @@ enum After {
 /// One line's answer: known at once, or once the page has the frame.
 enum Outcome {
     Now(Result<(), BusError>),
-    Delivery(NotifyKind, Pushed),
+    Delivery(Delivery),
+}
+
+/// A push waiting for its page, with what the log line says about it.
+struct Delivery {
+    kind: NotifyKind,
+    fd: u32,
+    openid: Option<String>,
+    pushed: Pushed,
+    since: Instant,
 }
 
 async fn answer_lines(
@@ -291,12 +291,22 @@ async fn settle(
     deadline: Instant,
 ) -> (std::borrow::Cow<'static, [u8]>, Result<(), BusError>) {
     use std::borrow::Cow;
-    let (kind, pushed) = match outcome {
+    let d = match outcome {
         Outcome::Now(Ok(())) => return (Cow::Borrowed(OK_LINE), Ok(())),
         Outcome::Now(Err(e)) => return (Cow::Borrowed(e.answer_line()), Err(e)),
-        Outcome::Delivery(kind, pushed) => (kind, pushed),
+        Outcome::Delivery(d) => d,
     };
-    let e = match pushed.verdict.wait(deadline).await {
+    let (kind, pushed) = (d.kind, d.pushed);
+    let delivered = pushed.verdict.wait(deadline).await;
+    tracing::info!(
+        fd = d.fd,
+        openid = d.openid.as_deref().unwrap_or(""),
+        kind = kind.name(),
+        outcome = ?delivered,
+        ms = d.since.elapsed().as_millis() as u64,
+        "push"
+    );
+    let e = match delivered {
         Delivered::Written => {
             return match (kind, pushed.page) {
                 (NotifyKind::Scanned, Some(page)) => (Cow::Owned(page.to_vec()), Ok(())),
@@ -343,6 +353,7 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
     if gw.settings.notify_require_ticket && ticket.is_none() {
         return Outcome::Now(Err(BusError::TicketRequired));
     }
+    let logged_openid = openid.clone();
     let frame = match kind {
         NotifyKind::Scan => ServerFrame::ScanSuccess {
             user: nickname,
@@ -352,7 +363,13 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
         NotifyKind::Scanned => ServerFrame::Scanned { user: nickname },
     };
     match gw.registry.push(fd, ticket.as_deref(), frame) {
-        Ok(pushed) => Outcome::Delivery(kind, pushed),
+        Ok(pushed) => Outcome::Delivery(Delivery {
+            kind,
+            fd,
+            openid: logged_openid,
+            pushed,
+            since: Instant::now(),
+        }),
         Err(BusError::NoSuchClient) if gw.shutdown.is_cancelled() => {
             Outcome::Now(Err(BusError::ShuttingDown))
         }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 pub const MAX_QR_EXPIRE_SECONDS: u32 = 2_592_000;
 
 /// Every setting of the gateway. See `ws-gateway --help`.
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, serde::Serialize)]
 #[command(
     name = "ws-gateway",
     version,
@@ -33,6 +33,7 @@ pub struct Config {
     /// TOML file with settings; keys are the flag names with `_`
     /// (e.g. `qr_expire_seconds = 120`). An unknown key is an error.
     #[arg(long, env = "SCAN_LOGIN_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// HTTP + WebSocket listener: the login page at `/`, `/scan-login.js`,
@@ -228,25 +229,31 @@ pub struct Config {
     )]
     pub demo_sim_url: String,
 
-    /// Validate the settings, print them (secrets redacted) and exit: 0
-    /// when valid, non-zero with the reason otherwise (for systemd
-    /// ExecStartPre).
+    /// Log lines as text, or as one JSON object per line (`timestamp`,
+    /// `level`, `target`, `fields`). Under systemd no timestamp is printed
+    /// (the journal adds its own).
     #[arg(
         long,
-        env = "SCAN_LOGIN_CHECK_CONFIG",
-        action = ArgAction::SetTrue,
-        value_parser = bool_flag()
+        env = "SCAN_LOGIN_LOG_FORMAT",
+        value_enum,
+        default_value_t = daemon_kit::telemetry::LogFormat::Text,
+        value_name = "FORMAT"
     )]
+    pub log_format: daemon_kit::telemetry::LogFormat,
+
+    /// Validate the settings, print them (secrets redacted) and exit: 0
+    /// when valid, 2 with the reason otherwise (for systemd ExecStartPre).
+    /// An action, so a flag only (not a key or an env var).
+    #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip)]
     pub check_config: bool,
 }
 
 /// Why the settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--app-id (SCAN_LOGIN_APP_ID) is required")]
-    MissingAppId,
-    #[error("--app-secret (WECHAT_APP_SECRET) is required")]
-    MissingAppSecret,
+    #[error("required settings missing: {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
     #[error("--{flag} must be an http:// or https:// URL, not `{value}`")]
     BadUrl { flag: &'static str, value: String },
     #[error("--trusted-proxy: `{entry}` is neither an IP address nor a CIDR range")]
@@ -297,14 +304,21 @@ impl Config {
             .app_id
             .as_deref()
             .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::MissingAppId)?
-            .to_string();
-        let app_secret = self
-            .app_secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .ok_or(ConfigError::MissingAppSecret)?;
+            .filter(|s| !s.is_empty());
+        let app_secret = self.app_secret.clone().filter(|s| !s.is_empty());
+        let (app_id, app_secret) = match (app_id, app_secret) {
+            (Some(id), Some(secret)) => (id.to_string(), secret),
+            (id, secret) => {
+                let mut missing = Vec::new();
+                if id.is_none() {
+                    missing.push("--app-id (SCAN_LOGIN_APP_ID, app_id)");
+                }
+                if secret.is_none() {
+                    missing.push("--app-secret (WECHAT_APP_SECRET, app_secret)");
+                }
+                return Err(ConfigError::Missing(missing));
+            }
+        };
         check_url("wechat-api-base", &self.wechat_api_base)?;
         check_url("qrcode-image-base", &self.qrcode_image_base)?;
         let trusted_proxies = self
@@ -354,60 +368,26 @@ impl Config {
         })
     }
 
-    /// The effective settings as `key = value` lines (TOML-ish), secrets
-    /// shown only as set or unset. Printed by `--check-config`.
+    /// The effective settings as `key = value` lines (TOML), secrets shown
+    /// only as set. Printed by `--check-config`.
     pub fn summary(&self) -> String {
-        let secret = |s: &Option<Secret>| match s {
-            Some(s) if !s.is_empty() => "\"<set>\"",
-            _ => "\"<unset>\"",
-        };
-        let q = |s: &str| format!("{s:?}");
-        let lines = [
-            ("listen", q(&self.listen.to_string())),
-            ("notify_listen", q(&self.notify_listen.to_string())),
-            ("app_id", q(self.app_id.as_deref().unwrap_or(""))),
-            ("app_secret", secret(&self.app_secret).to_string()),
-            ("wechat_api_base", q(&self.wechat_api_base)),
-            ("qrcode_image_base", q(&self.qrcode_image_base)),
-            ("qr_expire_seconds", self.qr_expire_seconds.to_string()),
-            (
-                "idle_timeout_seconds",
-                self.idle_timeout_seconds.to_string(),
-            ),
-            ("max_connections", self.max_connections.to_string()),
-            (
-                "notify_require_ticket",
-                self.notify_require_ticket.to_string(),
-            ),
-            ("notify_secret", secret(&self.notify_secret).to_string()),
-            ("qr_mint_rate", self.qr_mint_rate.to_string()),
-            (
-                "trusted_proxy",
-                format!("{:?}", self.trusted_proxy.join(",")),
-            ),
-            (
-                "allowed_origins",
-                format!("{:?}", self.allowed_origins.join(",")),
-            ),
-            (
-                "max_connections_per_ip",
-                self.max_connections_per_ip.to_string(),
-            ),
-            (
-                "notify_idle_timeout_seconds",
-                self.notify_idle_timeout_seconds.to_string(),
-            ),
-            ("node_id", self.node_id.to_string()),
-            ("demo_sim_url", q(&self.demo_sim_url)),
-        ];
-        let mut out = String::new();
-        for (k, v) in lines {
-            out.push_str(k);
-            out.push_str(" = ");
-            out.push_str(&v);
-            out.push('\n');
-        }
-        out
+        daemon_kit::daemon::summary(self)
+    }
+}
+
+impl daemon_kit::daemon::Daemon for Config {
+    const NAME: &'static str = "ws-gateway";
+
+    fn check_config(&self) -> bool {
+        self.check_config
+    }
+
+    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
+        self.log_format
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self).map(drop).map_err(|e| e.to_string())
     }
 }
 
@@ -471,11 +451,16 @@ mod tests {
     fn validation_catches_mistakes() {
         assert!(matches!(
             parse(&["--app-secret", "s"]).validate(),
-            Err(ConfigError::MissingAppId)
+            Err(ConfigError::Missing(m)) if m.len() == 1 && m[0].starts_with("--app-id")
         ));
         assert!(matches!(
             parse(&["--app-id", "wx"]).validate(),
-            Err(ConfigError::MissingAppSecret)
+            Err(ConfigError::Missing(m)) if m.len() == 1 && m[0].starts_with("--app-secret")
+        ));
+        // All missing settings at once.
+        assert!(matches!(
+            parse(&[]).validate(),
+            Err(ConfigError::Missing(m)) if m.len() == 2
         ));
         assert!(matches!(
             parse(&[

@@ -188,11 +188,10 @@ pub async fn run(
         handler,
     ));
     let bus_task = tokio::spawn(bus::serve(listeners.notify, Arc::clone(&gw)));
-    let sweeper = tokio::spawn(sweep(Arc::clone(&gw)));
+    let sweeper = sweep(Arc::clone(&gw));
 
     daemon_kit::systemd::ready(&shutdown);
     shutdown.cancelled().await;
-    daemon_kit::systemd::stopping();
     info!(
         connections = gw.metrics.ws_open.get(),
         "shutting down: closing browser connections"
@@ -219,20 +218,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic housekeeping: dead tombstones and idle rate-limit buckets.
-async fn sweep(gw: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let counts = gw.registry.sweep(now);
-                let buckets = gw.limiter.sweep(now);
-                let pages = gw.page_infos.sweep();
-                tracing::trace!(live = counts.live, tombstones = counts.tombstones, buckets, pages, "swept");
-            }
-        }
-    }
+/// Periodic housekeeping: dead tombstones, idle rate-limit buckets and
+/// page descriptions no page holds.
+fn sweep(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    let shutdown = gw.shutdown.clone();
+    daemon_kit::shutdown::every(SWEEP_INTERVAL, &shutdown, move || {
+        let now = Instant::now();
+        let counts = gw.registry.sweep(now);
+        let buckets = gw.limiter.sweep(now);
+        let pages = gw.page_infos.sweep();
+        tracing::trace!(
+            live = counts.live,
+            tombstones = counts.tombstones,
+            buckets,
+            pages,
+            "swept"
+        );
+        async {}
+    })
 }

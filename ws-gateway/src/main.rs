@@ -1,6 +1,6 @@
-//! The `ws-gateway` binary: parse the layered settings, validate them (and
-//! stop there with `--check-config`), set up logging, bind both listeners
-//! and hand over to [`ws_gateway::run`] until SIGTERM or SIGINT.
+//! The `ws-gateway` binary: the common daemon lifecycle
+//! (`daemon_kit::daemon::main`: settings, `--check-config`, logging,
+//! runtime, signals), both listeners bound, then [`ws_gateway::run`].
 
 use std::process::ExitCode;
 
@@ -9,32 +9,8 @@ use tokio::net::TcpListener;
 use ws_gateway::{Config, Listeners};
 
 fn main() -> ExitCode {
-    let config: Config = match daemon_kit::config::load() {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    if let Err(e) = config.validate() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
-    if config.check_config {
-        println!("# ws-gateway: configuration ok");
-        print!("{}", config.summary());
-        return ExitCode::SUCCESS;
-    }
-    daemon_kit::telemetry::init();
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(cause = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    let config: Config = daemon_kit::config::load().unwrap_or_else(|e| e.exit());
+    daemon_kit::daemon::main(config, |config, shutdown| async move {
         let http = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on --listen {}", config.listen))?;
@@ -43,15 +19,6 @@ fn main() -> ExitCode {
             .with_context(|| {
                 format!("cannot listen on --notify-listen {}", config.notify_listen)
             })?;
-        let shutdown = daemon_kit::shutdown::on_signal();
         ws_gateway::run(config, Listeners { http, notify }, shutdown).await
-    });
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(cause = format!("{e:#}"), "ws-gateway failed");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

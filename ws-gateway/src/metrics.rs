@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics (`GET /metrics`): connections, QR codes
-//! minted / failed / minted today (UTC), pushes, bus lines by result, and
-//! WeChat API latency.
+//! minted / failed / minted today (Beijing time, when WeChat's quotas
+//! reset), pushes, bus lines by result, WeChat API call durations, build
+//! info and the process's own figures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,7 +64,7 @@ fn bus_label(index: usize) -> &'static str {
 impl Metrics {
     /// The text exposition, with the registry's sizes.
     pub fn render(&self, registry: Counts) -> String {
-        let today = utc_day();
+        let today = beijing_day();
         Exposition::new()
             .gauge(
                 "ws_gateway_connections_open",
@@ -111,7 +112,7 @@ impl Metrics {
             )
             .gauge(
                 "ws_gateway_qr_minted_today",
-                "Temporary QR codes minted since 00:00 UTC (WeChat's quota is per day).",
+                "Temporary QR codes minted since 00:00 Beijing time (UTC+8), when WeChat's daily quotas reset.",
                 i64::try_from(self.qr_minted_today.get(today)).unwrap_or(i64::MAX),
             )
             .counter(
@@ -161,16 +162,18 @@ impl Metrics {
                     .enumerate()
                     .map(|(i, c)| (bus_label(i), c.get())),
             )
-            .histogram(
-                "ws_gateway_wechat_api_seconds",
-                "Latency of WeChat qrcode/create calls (including the access token).",
-                &self.wechat_api_latency,
+            .histograms(
+                "ws_gateway_api_call_duration_seconds",
+                "Duration of WeChat API calls, by endpoint (qrcode/create includes getting the access token).",
+                "endpoint",
+                [("qrcode/create", &self.wechat_api_latency)],
             )
+            .build_and_process("ws_gateway", env!("CARGO_PKG_VERSION"))
             .finish()
     }
 }
 
-/// A count that starts over at 00:00 UTC.
+/// A count that starts over each day (see [`beijing_day`]).
 #[derive(Debug, Default)]
 pub struct DailyCounter {
     /// Days since the Unix epoch the count belongs to.
@@ -201,16 +204,31 @@ impl DailyCounter {
     }
 }
 
-/// Days since the Unix epoch, UTC.
-pub fn utc_day() -> u64 {
+/// Days since the Unix epoch in Beijing time (UTC+8): WeChat's daily API
+/// quotas start over at 00:00 there.
+pub fn beijing_day() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400)
+        .map_or(0, |d| day_at_utc8(d.as_secs()))
+}
+
+/// The UTC+8 day of a Unix time.
+fn day_at_utc8(unix_secs: u64) -> u64 {
+    (unix_secs + 8 * 3600) / 86_400
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_day_turns_at_midnight_beijing_time() {
+        // 2026-12-01 15:59:59 UTC is 23:59:59 in Beijing; a second later
+        // it is the next day there, though still the same day in UTC.
+        let before = 1_796_140_799;
+        assert_eq!(day_at_utc8(before) + 1, day_at_utc8(before + 1));
+        assert_eq!(before / 86_400, (before + 1) / 86_400);
+    }
 
     #[test]
     fn daily_counter_starts_over() {

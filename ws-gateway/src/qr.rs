@@ -14,7 +14,7 @@ use protocol::ws::ServerFrame;
 use tokio::sync::Semaphore;
 use wechat_api::{ApiError, QrCode, WeChatApi};
 
-use crate::metrics::{Metrics, utc_day};
+use crate::metrics::{Metrics, beijing_day};
 
 /// Most `qrcode/create` calls in flight at once, process-wide: a gateway
 /// restart reconnects every browser at once, and WeChat should see a
@@ -84,7 +84,7 @@ impl Minter {
             match &result {
                 Ok(_) => {
                     this.metrics.qr_minted.inc();
-                    this.metrics.qr_minted_today.inc(utc_day());
+                    this.metrics.qr_minted_today.inc(beijing_day());
                 }
                 Err(e) => {
                     this.metrics.qr_failed.inc();
