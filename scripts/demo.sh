@@ -23,7 +23,7 @@ for arg in "$@"; do
   case "$arg" in
     --smoke) SMOKE=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -197,8 +197,9 @@ if [[ $SMOKE == 1 ]]; then
     die "a simulated scan through wechat-callback failed"
   fi
   [[ -n $reply ]] || { show_log wechat-callback; die "the simulated scan got no reply text"; }
-  say "simulated scan answered: $reply"
-  say "smoke test passed"
+  say "a signed scan went wechat-sim -> wechat-callback -> ws-gateway and back"
+  say "(no page holds that code, so the phone is asked to scan again: \"$reply\")"
+  say "smoke test passed: all three daemons answer and a scan goes all the way through"
   exit 0
 fi
 
@@ -206,7 +207,8 @@ scan_hint="$BIN_DIR/wechat-sim scan --ticket <ticket>"
 scan_hint="${scan_hint#"$ROOT/"}"
 [[ $SIM_URL == "http://127.0.0.1:9000" ]] || scan_hint+=" --sim $SIM_URL"
 echo
-echo "Open $GATEWAY_URL/ and press 'Simulate scan' (or run: $scan_hint)"
+echo "Open $GATEWAY_URL/ and press 'Simulate scan' (or run: $scan_hint,"
+echo "or paste the nc line the page shows)."
 echo "Press Ctrl-C to stop."
 echo
 

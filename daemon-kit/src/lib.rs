@@ -5,9 +5,10 @@
 //! ([`telemetry`]), the TCP accept loop ([`accept`]) and the HTTP server
 //! on it ([`http`]), Prometheus text
 //! ([`metrics`]), readiness for `/healthz` ([`health`]) and systemd
-//! readiness and watchdog ([`systemd`]).
+//! readiness and watchdog ([`systemd`]), and exponential [`backoff`].
 
 pub mod accept;
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod health;

@@ -21,4 +21,28 @@ if [ ! -x "$chromium_bin" ]; then
 fi
 
 npm install --no-audit --no-fund
-node --test
+# The spec report for people, and a TAP copy whose summary is checked: a
+# run of zero tests (no test file found, every test filtered out) exits 0
+# in node, and so would a skipped or todo test; none of that is a pass.
+tap=$(mktemp "${TMPDIR:-/tmp}/browser-test.XXXXXX.tap")
+trap 'rm -f "$tap"' EXIT
+node --test \
+  --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$tap"
+count() { # count NAME: N from the last "# NAME N" line of the TAP summary
+  sed -n "s/^# $1 \([0-9][0-9]*\)\$/\1/p" "$tap" | tail -n 1
+}
+tests=$(count tests) pass=$(count pass)
+if [ -z "$tests" ] || [ -z "$pass" ]; then
+  echo "run.sh: FAIL: no test summary in node's TAP output" >&2
+  exit 1
+fi
+if [ "$tests" -eq 0 ]; then
+  echo "run.sh: FAIL: node --test ran 0 tests" >&2
+  exit 1
+fi
+if [ "$pass" -ne "$tests" ]; then
+  echo "run.sh: FAIL: $pass of $tests tests passed (skipped $(count skipped), todo $(count todo), cancelled $(count cancelled), failed $(count fail))" >&2
+  exit 1
+fi
+echo "run.sh: $pass of $tests browser tests passed"

@@ -6,6 +6,7 @@
 
 mod deploy_units;
 mod docs;
+mod faults;
 mod flows;
 mod forward;
 mod security;

@@ -273,7 +273,9 @@ impl Browser {
         }
     }
 
-    /// Waits for a frame of `kind`, skipping others.
+    /// Waits for a frame of `kind`, skipping others, except that an
+    /// `error` frame while waiting for anything else fails the test (with
+    /// the frame): an error is never noise to wait past.
     pub async fn wait_for(&mut self, kind: &str, limit: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -285,6 +287,10 @@ impl Browser {
                 }
                 return f;
             }
+            assert_ne!(
+                f["message_type"], "error",
+                "an error frame arrived while waiting for {kind:?}: {f}"
+            );
         }
     }
 

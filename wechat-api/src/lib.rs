@@ -207,15 +207,15 @@ impl WeChatApi {
         &self,
         mut on_retry: impl FnMut(&ApiError, Duration),
     ) -> Result<(), ApiError> {
-        let mut delay = Duration::from_secs(1);
+        let mut backoff = daemon_kit::backoff::Backoff::<1_000, 60_000>::default();
         loop {
             match self.access_token().await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_credential_error() => return Err(e),
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     on_retry(&e, delay);
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
                 }
             }
         }

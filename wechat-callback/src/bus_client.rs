@@ -35,8 +35,8 @@ use tokio::time::Instant;
 const QUEUE: usize = 1024;
 /// Bytes asked for per read of answers.
 const READ_CHUNK: usize = 4096;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Waits between failed connects: 100 ms doubling to 2 s.
+type Backoff = daemon_kit::backoff::Backoff<100, 2_000>;
 
 /// Why a notification did not get `{"ok":true}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +164,7 @@ fn fail_all(pending: &Mutex<Pending>, why: &str) {
 
 async fn actor(addr: String, io_timeout: Duration, mut rx: mpsc::Receiver<Msg>) {
     let mut conn: Option<Conn> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     let mut retry_at: Option<Instant> = None;
     while let Some(msg) = rx.recv().await {
         let (line, slot) = match msg {
@@ -191,13 +191,13 @@ async fn actor(addr: String, io_timeout: Duration, mut rx: mpsc::Receiver<Msg>) 
                 Ok(c) => {
                     tracing::info!(%addr, "connected to the notify bus");
                     conn = Some(c);
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     retry_at = None;
                 }
                 Err(e) => {
-                    tracing::warn!(%addr, cause = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the notify bus");
-                    retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%addr, cause = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach the notify bus");
+                    retry_at = Some(Instant::now() + wait);
                     let _ = slot.send(Err(NotifyError::Unreachable(e.to_string())));
                     continue;
                 }

@@ -51,13 +51,7 @@ pub struct App {
     pub health: Arc<daemon_kit::health::Health>,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use protocol::wechat::unix_now as now_secs;
 
 /// Builds the server state: validates settings, opens the store, creates
 /// the API and bus clients.

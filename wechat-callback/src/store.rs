@@ -135,12 +135,7 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use protocol::wechat::unix_now as now_secs;
 
 impl Store {
     /// Opens (creating and migrating as needed) the database file.

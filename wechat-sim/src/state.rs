@@ -2,8 +2,6 @@
 //! ticket and user stores, the faults in force, the counters, and the HTTP
 //! client that delivers callbacks.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::config::Settings;
 use crate::faults::Faults;
 use crate::stats::Stats;
@@ -44,9 +42,4 @@ impl SimState {
     }
 }
 
-/// Seconds since the Unix epoch (WeChat's `CreateTime` and `timestamp`).
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+pub use protocol::wechat::unix_now;

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -178,8 +179,9 @@ impl Received {
 /// How the fake callback behaves.
 #[derive(Clone, Default)]
 struct Behaviour {
-    /// Sleep this long before answering the first request.
-    sleep_first: Option<Duration>,
+    /// Never answer the first request (it hangs until the callback server
+    /// stops), so only a timeout can end that attempt.
+    hang_first: bool,
     /// Answer with this status and an empty body instead of a reply.
     status: Option<u16>,
     /// Answer `success` instead of a text reply.
@@ -192,6 +194,8 @@ struct Behaviour {
 struct Callback {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    /// How many requests got an answer.
+    answered: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -206,14 +210,19 @@ impl Callback {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+        let answered = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let rec = received.clone();
+        let ans = answered.clone();
+        let hang = stop.clone();
         tokio::spawn(daemon_kit::http::serve(
             listener,
             ServeOptions::default(),
             stop.clone(),
             move |req: hyper::Request<hyper::body::Incoming>, _peer| {
                 let rec = rec.clone();
+                let ans = ans.clone();
+                let hang = hang.clone();
                 let behaviour = behaviour.clone();
                 async move {
                     let query = query_pairs(req.uri().query());
@@ -227,11 +236,11 @@ impl Callback {
                         });
                         r.len()
                     };
-                    if n == 1
-                        && let Some(d) = behaviour.sleep_first
-                    {
-                        tokio::time::sleep(d).await;
+                    if n == 1 && behaviour.hang_first {
+                        hang.cancelled().await;
+                        return daemon_kit::http::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "");
                     }
+                    ans.fetch_add(1, Ordering::SeqCst);
                     if let Some(status) = behaviour.status {
                         return daemon_kit::http::text(
                             hyper::StatusCode::from_u16(status).unwrap(),
@@ -264,12 +273,17 @@ impl Callback {
         Callback {
             url: format!("http://{addr}/wechat"),
             received,
+            answered,
             stop,
         }
     }
 
     fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
     }
 }
 
@@ -677,15 +691,26 @@ async fn safe_mode_delivery_is_encrypted() {
 
 #[tokio::test]
 async fn callback_failures_and_retries() {
-    // First attempt sleeps past the timeout: WeChat retries with the same
-    // request, so the second attempt has the same body and CreateTime.
+    // The first attempt is never answered, so only the simulator's timeout
+    // can end it (no race between a slow answer and the timer): WeChat
+    // retries with the same request, so the second attempt, answered at
+    // once, has the same body and CreateTime. The timeout only bounds how
+    // long an immediate answer may take on a loaded box.
+    const TIMEOUT_MS: u64 = 2000;
     let cb = Callback::start(Behaviour {
-        sleep_first: Some(Duration::from_millis(1500)),
+        hang_first: true,
         ..Behaviour::default()
     })
     .await;
-    let sim = Sim::start(&["--callback-url", &cb.url, "--callback-timeout-ms", "400"]).await;
+    let sim = Sim::start(&[
+        "--callback-url",
+        &cb.url,
+        "--callback-timeout-ms",
+        &TIMEOUT_MS.to_string(),
+    ])
+    .await;
     let ticket = sim.qr_scene(7, 120).await;
+    let scan_started = Instant::now();
     let (s, v) = sim
         .scan(json!({"ticket": ticket, "openid": "oRetry"}))
         .await;
@@ -694,9 +719,24 @@ async fn callback_failures_and_retries() {
     assert_eq!(v["reply"], "Hello oRetry");
     let got = cb.received();
     assert_eq!(got.len(), 2);
+    // The retry came while the first request was still unanswered: it was
+    // the timeout, not an answer, that ended the first attempt.
+    assert_eq!(cb.answered(), 1, "only the retry was answered");
     assert_eq!(got[0].body, got[1].body);
     assert_eq!(got[0].query, got[1].query);
-    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(350));
+    // The retry waited for the whole timeout of the first attempt. A lower
+    // bound that load cannot break: the scan began before the first
+    // attempt's timer started, and the retry is recorded after it fired
+    // (tokio timers never fire early; both instants are this process's).
+    assert!(
+        got[1].at.duration_since(scan_started) >= Duration::from_millis(TIMEOUT_MS),
+        "retried {:?} after the scan began, before the {TIMEOUT_MS} ms timeout",
+        got[1].at.duration_since(scan_started)
+    );
+    let (_, stats) = sim.get("/sim/stats").await;
+    assert_eq!(stats["callback_attempts"], 2);
+    assert_eq!(stats["callbacks_delivered"], 1);
+    assert_eq!(stats["callbacks_failed"], 0);
     let (a, _) = decode(&got[0]);
     let (b, _) = decode(&got[1]);
     assert_eq!(a.create_time, b.create_time);
@@ -781,11 +821,32 @@ async fn fault_injection() {
     assert_eq!(sim.stable_token(false).await["errcode"], -1);
     assert!(sim.stable_token(false).await["access_token"].is_string());
 
-    // Latency on every API call until reset.
-    sim.post("/sim/faults", json!({"latency_ms": 300})).await;
+    // Latency on every API call until reset. A lower bound load cannot
+    // break: the simulator sleeps (tokio timers never fire early) before
+    // answering, and this clock started before the request was sent.
+    let (_, view) = sim.post("/sim/faults", json!({"latency_ms": 300})).await;
+    assert_eq!(view["latency_ms"], 300);
     let started = Instant::now();
-    sim.stable_token(false).await;
+    assert!(sim.stable_token(false).await["access_token"].is_string());
     assert!(started.elapsed() >= Duration::from_millis(300));
+    // Whether a reset removes it is checked with a margin no load can eat:
+    // an hour of latency versus a client that gives up after a second,
+    // then (after the reset) the same call answered within a minute.
+    let (_, view) = sim
+        .post("/sim/faults", json!({"latency_ms": 3_600_000}))
+        .await;
+    assert_eq!(view["latency_ms"], 3_600_000);
+    let delayed = sim
+        .http
+        .post(sim.url("/cgi-bin/stable_token"))
+        .json(&json!({"grant_type": "client_credential", "appid": APP_ID, "secret": SECRET}))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(
+        delayed.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "answered despite an hour of latency: {delayed:?}"
+    );
     let (s, view) = {
         let r = sim
             .http
@@ -797,9 +858,15 @@ async fn fault_injection() {
     };
     assert_eq!(s, 200);
     assert_eq!(view["latency_ms"], 0);
-    let started = Instant::now();
-    sim.stable_token(false).await;
-    assert!(started.elapsed() < Duration::from_millis(300));
+    let r = sim
+        .http
+        .post(sim.url("/cgi-bin/stable_token"))
+        .json(&json!({"grant_type": "client_credential", "appid": APP_ID, "secret": SECRET}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the latency is gone after a reset");
+    assert!(r.json::<Value>().await.unwrap()["access_token"].is_string());
 
     let (s, v) = sim.post("/sim/faults", json!({"fail_nxt": 1})).await;
     assert_eq!((s, v["error"].as_str()), (400, Some("bad_json")));

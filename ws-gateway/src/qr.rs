@@ -24,10 +24,6 @@ pub const MINT_CONCURRENCY: usize = 64;
 /// Timeout of each WeChat API request.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// First and longest wait between attempts while WeChat fails.
-pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 /// Everything but RFC 3986 unreserved characters is encoded (tickets
 /// contain `+`, `/` and `=`).
 const TICKET_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
@@ -154,24 +150,9 @@ pub fn image_url(base: &str, ticket: &str) -> String {
     url
 }
 
-/// Exponential backoff: 1 s, 2 s, 4 s … capped at 30 s.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    /// The wait after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let shift = self.failures.min(16);
-        self.failures = self.failures.saturating_add(1);
-        BACKOFF_MIN.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
+/// The wait between failed mints of one connection: 1 s, 2 s, 4 s …
+/// capped at 30 s.
+pub type Backoff = daemon_kit::backoff::Backoff<1_000, 30_000>;
 
 #[cfg(test)]
 mod tests {
@@ -192,6 +173,6 @@ mod tests {
         let secs: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
         b.reset();
-        assert_eq!(b.next_delay(), BACKOFF_MIN);
+        assert_eq!(b.next_delay(), Backoff::MIN);
     }
 }

@@ -318,12 +318,10 @@ async fn the_contract_nc_example_works() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !has_nc_n {
-        eprintln!(
-            "SKIPPED the_contract_nc_example_works: `nc` with -N (netcat-openbsd) is not installed"
-        );
-        return;
-    }
+    assert!(
+        has_nc_n,
+        "`nc` with -N (netcat-openbsd) is not installed: run scripts/install-test-deps.sh"
+    );
     let fake = FakeWeChat::start().await;
     let gw = Gw::start(&fake, &[]).await;
     let mut a = Browser::open(&gw, &fake).await;

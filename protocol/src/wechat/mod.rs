@@ -13,6 +13,13 @@ pub mod xml;
 /// The longest callback body accepted (WeChat's are a few KiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Seconds since the Unix epoch: WeChat's `CreateTime` and `timestamp`.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Turns an `EventKey` into the QR scene id it carries: `qrscene_42` (a
 /// `subscribe` through a parametrized code) and `42` (a `SCAN` by a follower)
 /// both give 42. Empty, zero, non-numeric (a `QR_STR_SCENE` string) or out
