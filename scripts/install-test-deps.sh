@@ -3,11 +3,13 @@
 # netcat-openbsd (the contract's `nc -N` example), chromium (browser test),
 # nginx and openssl (deploy/check.sh), node and npm (browser test driver),
 # python3 with wechatpy (the forwarding tests' account handler) and PyJWT
-# (tests/examples), and the
+# (tests/examples), g++ and cargo-fuzz (scripts/fuzz.sh), and the
 # rustfmt/clippy components.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(netcat-openbsd chromium nginx openssl curl ca-certificates procps)
+# scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
+command -v c++ >/dev/null || pkgs+=(g++)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 apt-get update -qq
@@ -21,6 +23,11 @@ python3 -c 'import wechatpy' 2>/dev/null \
 python3 -c 'import jwt; jwt.PyJWTError' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'PyJWT>=2.8,<3' \
   || python3 -m pip install --quiet --break-system-packages 'PyJWT>=2.8,<3'
+# scripts/fuzz.sh: cargo-fuzz (it runs on stable with `-s none`); fuzz.sh
+# installs it too, for a user whose cargo is not root's.
+if command -v cargo >/dev/null && ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --version '^0.13' --locked --quiet
+fi
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi

@@ -147,10 +147,9 @@ fn default_bin_dir() -> PathBuf {
     PathBuf::from("target/release")
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that is free now (see `daemon_kit::accept::free_test_port`).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("no free port")?;
-    Ok(l.local_addr()?.port())
+    daemon_kit::accept::free_test_port().context("no free port")
 }
 
 /// A running daemon; killed if dropped without [`Daemon::stop`].
@@ -351,7 +350,14 @@ impl Stack {
             &db.to_string_lossy(),
         ]);
         if let Some(k) = &opts.encoding_aes_key {
-            cb_args.extend(strings(&["--encoding-aes-key", k]));
+            // Plain and safe logins against one callback: the console's
+            // compatible mode (兼容) accepts both.
+            cb_args.extend(strings(&[
+                "--encoding-aes-key",
+                k,
+                "--message-mode",
+                "compatible",
+            ]));
         }
         let mut callback = Daemon::spawn(env, "wechat-callback", &cb_args)?;
         callback.wait_healthy(callback_addr).await?;

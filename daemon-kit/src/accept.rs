@@ -51,3 +51,42 @@ pub async fn accept_loop<P, A, AF, H>(
         handle(stream, peer, place);
     }
 }
+
+/// A loopback port that is free now, for tests and benchmarks that must
+/// name a daemon's port before starting it. Drawn at random below the
+/// kernel's ephemeral range (`ip_local_port_range`), where no outgoing
+/// connection takes it as a source port between this check and the
+/// daemon's bind (a port from `bind(0)` comes from that very range, and a
+/// busy test run opens thousands of client connections).
+pub fn free_test_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        for _ in 0..64 {
+            let port = 10_000 + rand_below(ephemeral_low - 10_000);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A random number below `n` (no rand dependency: a hash of the clock and
+/// a counter is plenty to spread test ports).
+fn rand_below(n: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() % u64::from(n.max(1))) as u16
+}

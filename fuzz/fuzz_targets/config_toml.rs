@@ -31,7 +31,10 @@ struct Settings {
 fn path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        std::env::temp_dir().join(format!("scan-login-fuzz-config-{}.toml", std::process::id()))
+        std::env::temp_dir().join(format!(
+            "scan-login-fuzz-config-{}.toml",
+            std::process::id()
+        ))
     })
 }
 
@@ -67,7 +70,11 @@ fn boolish(s: &str) -> Option<bool> {
 fuzz_target!(|data: &[u8]| {
     let path = path();
     std::fs::write(path, data).expect("write the temp config file");
-    let args = ["fuzz".into(), "--config".into(), path.clone().into_os_string()];
+    let args = [
+        "fuzz".into(),
+        "--config".into(),
+        path.clone().into_os_string(),
+    ];
     let Ok(s) = load_from::<Settings, _>(args, |_| None) else {
         return;
     };
@@ -78,7 +85,11 @@ fuzz_target!(|data: &[u8]| {
         let v = flag_value(value).expect("a loaded key has a flag value");
         match key.as_str() {
             "name" => assert_eq!(s.name, v, "name"),
-            "rate" => assert_eq!(s.rate.to_string(), v.trim_start_matches('+'), "rate"),
+            "rate" => assert_eq!(
+                v.parse::<i64>().ok(),
+                Some(i64::from(s.rate)),
+                "rate from {v:?}"
+            ),
             "strict" => assert_eq!(Some(s.strict), boolish(&v), "strict from {v:?}"),
             "proxy" if v.is_empty() => assert!(
                 s.proxy.is_empty() || s.proxy == [""],

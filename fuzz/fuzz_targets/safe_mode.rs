@@ -100,7 +100,10 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(d.message.len() as u64, u64::from(len));
                     assert_eq!(&d.message[..], &plain[20..20 + d.message.len()]);
                     assert_eq!(20 + d.message.len() + d.appid.len() + pad, plain.len());
-                    assert_eq!(d.appid.as_bytes(), &plain[20 + d.message.len()..plain.len() - pad]);
+                    assert_eq!(
+                        d.appid.as_bytes(),
+                        &plain[20 + d.message.len()..plain.len() - pad]
+                    );
                 }
                 Err(CryptoError::BadBase64 | CryptoError::BadLength) => {
                     panic!("whole blocks were refused before the padding check")

@@ -55,7 +55,10 @@ pub fn check_fields(fields: &Fields) {
 /// `reply::encrypted_post` reads back the same.
 pub fn check_envelope(fields: &Fields) -> Option<EncryptedEnvelope> {
     let env = EncryptedEnvelope::from_fields(fields)?;
-    assert_eq!(fields.get("Encrypt").map(str::trim), Some(env.encrypt.as_str()));
+    assert_eq!(
+        fields.get("Encrypt").map(str::trim),
+        Some(env.encrypt.as_str())
+    );
     assert_eq!(env.to_user.as_deref(), fields.get("ToUserName"));
     if let Some(to_user) = &env.to_user {
         let again = Fields::parse(reply::encrypted_post(to_user, &env.encrypt).as_bytes())

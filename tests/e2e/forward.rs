@@ -23,11 +23,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start(aes_key: Option<&str>, slow: Option<&str>) -> Upstream {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = e2e::free_port();
         let log = e2e::process::temp_dir("upstream").join("requests.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream/wechatpy_handler.py");
         let mut args = vec![

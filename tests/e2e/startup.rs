@@ -10,9 +10,7 @@ use crate::stack::{APPID, SECRET, TOKEN};
 
 /// A simulator with the stack's credentials, and its URL.
 async fn sim() -> (Daemon, String) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = e2e::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let args: Vec<String> = [
         "--listen",
@@ -142,11 +140,7 @@ async fn a_passing_fault_holds_healthz_at_503_until_a_token_is_had() {
         serde_json::json!({"fail_next": 2, "errcode": -1, "path": "/cgi-bin/stable_token"}),
     )
     .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = e2e::free_port();
     let mut cb = callback(&url, APPID, SECRET, port);
     let http = reqwest::Client::new();
     let health = format!("http://127.0.0.1:{port}/healthz");
@@ -268,11 +262,7 @@ async fn one_lifecycle_for_every_daemon() {
     // --log-format json: every line one JSON object; under systemd
     // (JOURNAL_STREAM) without the timestamp the journal adds itself.
     for journal in [false, true] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = e2e::free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = valid[1].1.clone();
         args.extend([

@@ -7,12 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago (bind port 0, read it, release it).
+/// A loopback port that is free now (see `daemon_kit::accept::free_test_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    daemon_kit::accept::free_test_port().expect("no free port")
 }
 
 /// Where the workspace's binaries are: `$SCAN_LOGIN_BIN_DIR`, else the

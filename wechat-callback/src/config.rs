@@ -226,8 +226,8 @@ pub enum ConfigError {
          `openssl rand -hex 32`"
     )]
     ShortSecret(&'static str),
-    #[error("--confirm-template: {0}")]
-    BadConfirmTemplate(String),
+    #[error("--{0}: {1}")]
+    BadTemplate(&'static str, String),
     #[error("--forward-url must be an http:// or https:// URL, not `{0}`")]
     BadForwardUrl(String),
 }
@@ -347,8 +347,22 @@ impl Config {
         if message_mode != MessageMode::Plain && aes_key.is_none() {
             return Err(ConfigError::ModeNeedsKey(message_mode.name()));
         }
-        crate::text::check_template(&self.confirm_template, &["name", "device", "ip"])
-            .map_err(ConfigError::BadConfirmTemplate)?;
+        for (flag, template, known) in [
+            (
+                "reply-template",
+                &self.reply_template,
+                &["name", "ordinal", "count"][..],
+            ),
+            ("retry-template", &self.retry_template, &["name"][..]),
+            (
+                "confirm-template",
+                &self.confirm_template,
+                &["name", "device", "ip"][..],
+            ),
+        ] {
+            crate::text::check_template(template, known)
+                .map_err(|e| ConfigError::BadTemplate(flag, e))?;
+        }
         let forward_url = match self.forward_url.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(u) => Some(

@@ -415,6 +415,7 @@ async fn complete_login(
                 info!(
                     fd,
                     openid = %openid,
+                    instance = %app.instance,
                     count,
                     outcome = "logged_in",
                     ms = started.elapsed().as_millis() as u64,
@@ -455,6 +456,7 @@ async fn not_told(
     warn!(
         fd,
         openid = %user.openid,
+        instance = %app.instance,
         reason = e.label(),
         outcome = "not_counted",
         "login page not told; asking the user to scan again"

@@ -49,6 +49,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Not ready while no access token could be had (`/healthz` 503).
     pub health: Arc<daemon_kit::health::Health>,
+    /// This instance in log lines: its listen address (`wechat-callback@PORT`).
+    pub instance: String,
 }
 
 pub use protocol::wechat::unix_now as now_secs;
@@ -89,6 +91,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         inflight: dispatch::Inflight::default(),
         tasks: TaskTracker::new(),
         health: Arc::default(),
+        instance: config.listen.to_string(),
     }))
 }
 

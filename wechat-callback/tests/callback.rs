@@ -1032,6 +1032,11 @@ fn weak_or_contradictory_settings_are_refused() {
     assert!(err.contains("--encoding-aes-key"), "{err}");
     let (status, _, err) = run(&["--message-mode", "compatible"]);
     assert!(!status.success(), "{err}");
+    for flag in ["--reply-template", "--retry-template"] {
+        let (status, _, err) = run(&[flag, "{nam}, hello"]);
+        assert!(!status.success());
+        assert!(err.contains(flag) && err.contains("{nam}"), "{err}");
+    }
     let (status, _, err) = run(&["--confirm-template", "{nam}, reply 1"]);
     assert!(!status.success());
     assert!(err.contains("{nam}"), "{err}");

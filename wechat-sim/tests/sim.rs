@@ -32,8 +32,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_wechat-sim");
 // ---- helpers -------------------------------------------------------------
 
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    daemon_kit::accept::free_test_port().unwrap()
 }
 
 /// A running simulator, killed on drop.
