@@ -13,16 +13,47 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{self, LogFormat};
 
+/// The flags every daemon has (flattened into each one's settings).
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct CommonFlags {
+    /// Log lines as text, or as one JSON object per line (`timestamp`,
+    /// `level`, `target`, `fields`). Under systemd no timestamp is printed
+    /// (the journal adds its own).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Check the settings (and what they name, e.g. that the database can
+    /// be opened, creating nothing), print them with secrets redacted, and
+    /// exit: 0 when valid, 2 with the reason otherwise. For systemd's
+    /// ExecStartPre=. An action, so a flag only (not a key or an env var).
+    #[arg(long, action = clap::ArgAction::SetTrue)]
+    #[serde(skip)]
+    pub check_config: bool,
+}
+
 /// What the common `main` needs from a daemon's settings.
 pub trait Daemon: Serialize {
     /// The binary's name, for messages.
     const NAME: &'static str;
-    /// Whether `--check-config` was given.
-    fn check_config(&self) -> bool;
-    fn log_format(&self) -> LogFormat;
+    fn common(&self) -> &CommonFlags;
     /// Checks the settings, and with `--check-config` what they name (a
     /// database can be opened), without changing anything.
     fn validate(&self) -> Result<(), String>;
+
+    /// Whether `--check-config` was given.
+    fn check_config(&self) -> bool {
+        self.common().check_config
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.common().log_format
+    }
 }
 
 /// Exit code for settings that cannot work.
@@ -81,10 +112,4 @@ where
 /// `"<set>"`, unset settings not at all.
 pub fn summary<D: Serialize>(config: &D) -> String {
     toml::to_string(config).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
-}
-
-/// Keys `serde` leaves out of [`summary`]: the config file path and the
-/// `--check-config` action.
-pub fn skip<T>(_: &T) -> bool {
-    true
 }

@@ -42,10 +42,9 @@ pub fn signed_query(token: &str, timestamp: i64) -> String {
     )
 }
 
-/// POSTs `body` to `{base}/wechat` signed with `token` as WeChat signs it;
-/// returns the raw answer body.
-pub async fn post_signed(http: &reqwest::Client, base: &str, token: &str, body: String) -> String {
-    http.post(format!("{base}/wechat?{}", signed_query(token, now())))
+/// POSTs `body` to `{base}/wechat?{query}`; returns the raw answer body.
+async fn post_raw(http: &reqwest::Client, base: &str, query: &str, body: String) -> String {
+    http.post(format!("{base}/wechat?{query}"))
         .body(body)
         .send()
         .await
@@ -53,6 +52,12 @@ pub async fn post_signed(http: &reqwest::Client, base: &str, token: &str, body: 
         .text()
         .await
         .expect("answer body")
+}
+
+/// POSTs `body` to `{base}/wechat` signed with `token` as WeChat signs it;
+/// returns the raw answer body.
+pub async fn post_signed(http: &reqwest::Client, base: &str, token: &str, body: String) -> String {
+    post_raw(http, base, &signed_query(token, now()), body).await
 }
 
 /// POSTs `xml` to `{base}/wechat` in safe mode (encrypted with `key` for
@@ -68,15 +73,7 @@ pub async fn post_safe(
     xml: &str,
 ) -> String {
     let (query, body) = encrypt_post(token, key, appid, xml, now());
-    let raw = http
-        .post(format!("{base}/wechat?{query}"))
-        .body(body)
-        .send()
-        .await
-        .expect("callback reachable")
-        .text()
-        .await
-        .expect("answer body");
+    let raw = post_raw(http, base, &query, body).await;
     match open_encrypted_reply(token, key, &raw) {
         Ok((_, inner)) => inner,
         Err(_) => raw,

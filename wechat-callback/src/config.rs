@@ -176,24 +176,9 @@ pub struct Config {
     #[arg(long, env = "SCAN_LOGIN_LOGIN_TOKEN_AUDIENCE")]
     pub login_token_audience: Option<String>,
 
-    /// Log lines as text, or as one JSON object per line (`timestamp`,
-    /// `level`, `target`, `fields`). Under systemd no timestamp is printed
-    /// (the journal adds its own).
-    #[arg(
-        long,
-        env = "SCAN_LOGIN_LOG_FORMAT",
-        value_enum,
-        default_value_t = daemon_kit::telemetry::LogFormat::Text
-    )]
-    pub log_format: daemon_kit::telemetry::LogFormat,
-
-    /// Check the settings (and that the database can be opened, without
-    /// creating or migrating it), print them (secrets redacted) and exit:
-    /// 0 when valid, 2 with the reason otherwise. For systemd's
-    /// ExecStartPre=.
-    #[arg(long, action = ArgAction::SetTrue)]
-    #[serde(skip)]
-    pub check_config: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: daemon_kit::daemon::CommonFlags,
 }
 
 /// A setting that cannot work.
@@ -405,17 +390,13 @@ impl Config {
 impl daemon_kit::daemon::Daemon for Config {
     const NAME: &'static str = "wechat-callback";
 
-    fn check_config(&self) -> bool {
-        self.check_config
-    }
-
-    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
-        self.log_format
+    fn common(&self) -> &daemon_kit::daemon::CommonFlags {
+        &self.common
     }
 
     fn validate(&self) -> Result<(), String> {
         let settings = self.settings().map_err(|e| e.to_string())?;
-        if self.check_config {
+        if self.common.check_config {
             crate::store::Store::check(&settings.db)
                 .map_err(|e| format!("database {}: {e}", settings.db.display()))?;
         }

@@ -108,30 +108,16 @@ pub struct Config {
     /// Most HTTP connections open at once.
     #[arg(long, env = "SCAN_LOGIN_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Log lines as text, or as one JSON object per line.
-    #[arg(
-        long,
-        env = "SCAN_LOGIN_LOG_FORMAT",
-        value_enum,
-        default_value_t = daemon_kit::telemetry::LogFormat::Text
-    )]
-    pub log_format: daemon_kit::telemetry::LogFormat,
-    /// Check the settings, print them (secrets redacted) and exit: 0 when
-    /// valid, 2 with the reason otherwise.
-    #[arg(long, action = ArgAction::SetTrue)]
-    #[serde(skip)]
-    pub check_config: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: daemon_kit::daemon::CommonFlags,
 }
 
 impl daemon_kit::daemon::Daemon for Config {
     const NAME: &'static str = "wechat-sim";
 
-    fn check_config(&self) -> bool {
-        self.check_config
-    }
-
-    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
-        self.log_format
+    fn common(&self) -> &daemon_kit::daemon::CommonFlags {
+        &self.common
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -229,24 +229,9 @@ pub struct Config {
     )]
     pub demo_sim_url: String,
 
-    /// Log lines as text, or as one JSON object per line (`timestamp`,
-    /// `level`, `target`, `fields`). Under systemd no timestamp is printed
-    /// (the journal adds its own).
-    #[arg(
-        long,
-        env = "SCAN_LOGIN_LOG_FORMAT",
-        value_enum,
-        default_value_t = daemon_kit::telemetry::LogFormat::Text,
-        value_name = "FORMAT"
-    )]
-    pub log_format: daemon_kit::telemetry::LogFormat,
-
-    /// Validate the settings, print them (secrets redacted) and exit: 0
-    /// when valid, 2 with the reason otherwise (for systemd ExecStartPre).
-    /// An action, so a flag only (not a key or an env var).
-    #[arg(long, action = ArgAction::SetTrue)]
-    #[serde(skip)]
-    pub check_config: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: daemon_kit::daemon::CommonFlags,
 }
 
 /// Why the settings cannot be used.
@@ -378,12 +363,8 @@ impl Config {
 impl daemon_kit::daemon::Daemon for Config {
     const NAME: &'static str = "ws-gateway";
 
-    fn check_config(&self) -> bool {
-        self.check_config
-    }
-
-    fn log_format(&self) -> daemon_kit::telemetry::LogFormat {
-        self.log_format
+    fn common(&self) -> &daemon_kit::daemon::CommonFlags {
+        &self.common
     }
 
     fn validate(&self) -> Result<(), String> {
