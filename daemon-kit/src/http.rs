@@ -137,47 +137,16 @@ pub fn metrics(body: String) -> Response {
     )
 }
 
-/// Splits a query string into decoded pairs.
+/// Splits a query string into decoded pairs
+/// (`application/x-www-form-urlencoded`: `+` is a space).
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .map(|q| {
-            q.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (decode(k), decode(v))
-                })
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `application/x-www-form-urlencoded` decoding (`+` is a space).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

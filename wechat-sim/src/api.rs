@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::errcode::{self, answer};
-use crate::routes::{read_body, sim_error, svg};
+use crate::respond::{read_body, sim_error, svg};
 use crate::state::SimState;
 use crate::tickets::{DEFAULT_EXPIRE_SECONDS, Lookup, MAX_EXPIRE_SECONDS, Scene};
 

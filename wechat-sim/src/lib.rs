@@ -21,6 +21,7 @@ pub mod config;
 pub mod errcode;
 pub mod faults;
 pub mod phone;
+pub mod respond;
 pub mod routes;
 pub mod state;
 pub mod stats;

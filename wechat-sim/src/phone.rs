@@ -19,7 +19,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::routes::sim_error;
+use crate::respond::sim_error;
 use crate::state::{SimState, unix_now};
 use crate::tickets::Lookup;
 use crate::users::random_openid;

@@ -2,7 +2,8 @@
 //! random `fd`, mints a temporary WeChat QR code whose scene is that fd,
 //! and pushes the scan results that `wechat-callback` reports on the NDJSON
 //! notify bus. The binary (`main.rs`) only parses settings, binds and
-//! calls [`run`]; tests call [`run`] on port 0 the same way.
+//! calls [`run`]; a test can call [`run`] in-process on port 0 the same
+//! way (most tests spawn the binary instead).
 //!
 //! Code map:
 //! - [`config`]: flags / env / TOML and their validation;
