@@ -24,6 +24,7 @@ pub struct Options {
     pub qr_expire_seconds: Option<u32>,
     pub sim_callback_timeout_ms: Option<u64>,
     pub callback_extra: Vec<String>,
+    pub gateway_extra: Vec<String>,
 }
 
 /// The three daemons, wired together.
@@ -133,6 +134,7 @@ impl Stack {
         if let Some(secs) = self.options.qr_expire_seconds {
             args.extend([s("--qr-expire-seconds"), secs.to_string()]);
         }
+        args.extend(self.options.gateway_extra.iter().cloned());
         let mut gw = Daemon::spawn(
             &e2e::bin_path("ws-gateway"),
             &args,
@@ -269,6 +271,22 @@ impl Browser {
                 .expect("socket error");
             if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
                 return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    /// The next JSON text frame, or `None` once the socket is closed (a
+    /// page that neither closes nor sends within `limit` fails the test).
+    pub async fn next_frame_or_close(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                    return Some(serde_json::from_str(&t).unwrap());
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return None,
+                Err(_) => panic!("the page was neither closed nor sent anything in {limit:?}"),
             }
         }
     }

@@ -44,9 +44,13 @@ pub enum NotifyError {
     /// The gateway answered with an error code.
     #[error("gateway answered {0}")]
     Refused(BusError),
-    /// The gateway could not be reached (or the connection broke).
+    /// The gateway could not be reached: the line was never sent.
     #[error("gateway unreachable: {0}")]
     Unreachable(String),
+    /// The line was sent but the connection broke before its answer: the
+    /// gateway may or may not have pushed it (its fate is unknown).
+    #[error("connection lost before the answer: {0}")]
+    Lost(String),
     /// No answer in time.
     #[error("gateway did not answer in time")]
     Timeout,
@@ -61,6 +65,7 @@ impl NotifyError {
         match self {
             NotifyError::Refused(e) => e.code(),
             NotifyError::Unreachable(_) => "unreachable",
+            NotifyError::Lost(_) => "lost",
             NotifyError::Timeout => "timeout",
             NotifyError::BadAnswer => "bad_answer",
         }
@@ -106,7 +111,7 @@ impl BusClient {
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NotifyError::Unreachable("connection lost".into())),
+            Ok(Err(_)) => Err(NotifyError::Lost("answer slot dropped".into())),
             Err(_) => {
                 let _ = self.tx.try_send(Msg::Reset);
                 Err(NotifyError::Timeout)
@@ -153,11 +158,13 @@ impl Conn {
     }
 }
 
+/// Fails every request written and not yet answered: their fate is
+/// unknown ([`NotifyError::Lost`]).
 fn fail_all(pending: &Mutex<Pending>, why: &str) {
     if let Ok(mut p) = pending.lock() {
         p.closed = true;
         for slot in p.slots.drain(..) {
-            let _ = slot.send(Err(NotifyError::Unreachable(why.to_string())));
+            let _ = slot.send(Err(NotifyError::Lost(why.to_string())));
         }
     }
 }
@@ -421,7 +428,10 @@ mod tests {
         // deadline's Timeout.
         let r = client.notify(&req(2), in_secs(20)).await;
         assert!(
-            matches!(r, Err(NotifyError::BadAnswer | NotifyError::Unreachable(_))),
+            matches!(
+                r,
+                Err(NotifyError::BadAnswer | NotifyError::Lost(_) | NotifyError::Unreachable(_))
+            ),
             "{r:?}"
         );
         squatter.abort();

@@ -103,6 +103,17 @@ pub struct Config {
     )]
     pub retry_template: String,
 
+    /// Reply when the gateway got the login but its answer was lost (it
+    /// stopped, or did not answer in time): the page may or may not be
+    /// logged in, and the user is told so, never that it failed. `{name}`
+    /// is replaced.
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_UNCONFIRMED_TEMPLATE",
+        default_value = "{name}, the login could not be confirmed: if the login page did not log you in, please refresh the login page and scan the new QR code."
+    )]
+    pub unconfirmed_template: String,
+
     /// Reply to ordinary text messages (empty: answer `success`, no reply).
     #[arg(
         long,
@@ -265,6 +276,7 @@ pub struct Settings {
     pub timestamp_tolerance: Duration,
     pub reply_template: String,
     pub retry_template: String,
+    pub unconfirmed_template: String,
     pub text_reply: String,
     pub notify_timeout: Duration,
     pub user_info_timeout: Duration,
@@ -340,6 +352,11 @@ impl Config {
             ),
             ("retry-template", &self.retry_template, &["name"][..]),
             (
+                "unconfirmed-template",
+                &self.unconfirmed_template,
+                &["name"][..],
+            ),
+            (
                 "confirm-template",
                 &self.confirm_template,
                 &["name", "device", "ip"][..],
@@ -372,6 +389,7 @@ impl Config {
             timestamp_tolerance: Duration::from_secs(self.timestamp_tolerance_seconds),
             reply_template: self.reply_template.clone(),
             retry_template: self.retry_template.clone(),
+            unconfirmed_template: self.unconfirmed_template.clone(),
             text_reply: self.text_reply.clone(),
             notify_timeout: Duration::from_millis(self.notify_timeout_ms),
             user_info_timeout: Duration::from_millis(self.user_info_timeout_ms),

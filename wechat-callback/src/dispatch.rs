@@ -438,8 +438,12 @@ async fn complete_login(
     }
 }
 
-/// The gateway did not confirm the push: the page does not have it, so
-/// nothing is counted and the user is asked to scan again.
+/// The gateway did not confirm the push: nothing is counted. When it
+/// refused or could not be reached, the page does not have it and the
+/// user is asked to scan again; when the answer was lost (the connection
+/// broke, or no answer in time, after the line was sent) the page may have
+/// it, and the user is told exactly that (`--unconfirmed-template`), never
+/// that it failed.
 async fn not_told(
     app: &Arc<App>,
     key: &str,
@@ -447,11 +451,24 @@ async fn not_told(
     user: UserRecord,
     e: NotifyError,
 ) -> Result<Reply, StoreError> {
-    match &e {
-        NotifyError::Refused(_) | NotifyError::BadAnswer => app.metrics.notify_refused.inc(),
-        NotifyError::Unreachable(_) => app.metrics.notify_unreachable.inc(),
-        NotifyError::Timeout => app.metrics.notify_timeout.inc(),
-    }
+    let template = match &e {
+        NotifyError::Refused(_) => {
+            app.metrics.notify_refused.inc();
+            &app.settings.retry_template
+        }
+        NotifyError::Unreachable(_) => {
+            app.metrics.notify_unreachable.inc();
+            &app.settings.retry_template
+        }
+        NotifyError::BadAnswer | NotifyError::Lost(_) => {
+            app.metrics.notify_lost.inc();
+            &app.settings.unconfirmed_template
+        }
+        NotifyError::Timeout => {
+            app.metrics.notify_timeout.inc();
+            &app.settings.unconfirmed_template
+        }
+    };
     app.metrics.logins_not_counted.inc();
     warn!(
         fd,
@@ -461,7 +478,7 @@ async fn not_told(
         outcome = "not_counted",
         "login page not told; asking the user to scan again"
     );
-    let reply = Reply::Text(render(&app.settings.retry_template, &user.display_name, 0));
+    let reply = Reply::Text(render(template, &user.display_name, 0));
     if let Err(e) = app.store.touch_user(user).await {
         warn!(cause = %e, "cannot record the user");
     }

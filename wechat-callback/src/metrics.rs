@@ -23,6 +23,7 @@ pub struct Metrics {
     pub notify_unreachable: Counter,
     pub notify_refused: Counter,
     pub notify_timeout: Counter,
+    pub notify_lost: Counter,
     pub user_info_fallback: Counter,
     pub decrypted_with_previous_key: Counter,
     pub store_errors: Counter,
@@ -87,6 +88,7 @@ impl Metrics {
                     ("unreachable", self.notify_unreachable.get()),
                     ("refused", self.notify_refused.get()),
                     ("timeout", self.notify_timeout.get()),
+                    ("lost", self.notify_lost.get()),
                 ],
             )
             .counter(

@@ -252,9 +252,17 @@ async fn answer_lines(
         // `delivery::PATIENCE` at most however many slow pages it holds.
         let deadline = Instant::now() + crate::delivery::PATIENCE;
         for outcome in outcomes.drain(..) {
+            let waited = matches!(outcome, Outcome::Delivery(_));
             let (line, result) = settle(outcome, gw, deadline).await;
             out.extend_from_slice(&line);
             tally[bus_index(result)] += 1;
+            if waited {
+                // A push's answer goes out as soon as its page has the
+                // frame: the fewer answers wait in this buffer, the fewer
+                // a crash can lose after their pages were written.
+                wr.write_all(&out).await?;
+                out.clear();
+            }
         }
         if !out.is_empty() {
             wr.write_all(&out).await?;
