@@ -162,16 +162,7 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
             json!({"ticket": page.ticket, "openid": format!("oBurst{i:024}"), "subscribed": false});
         scans.push(tokio::spawn(async move {
             let _permit = limit.acquire().await.unwrap();
-            let answer: Value = http
-                .post(url)
-                .json(&body)
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = crate::stack::sim_post(&http, &url, &body).await;
             done.fetch_add(1, Ordering::SeqCst);
             answer
         }));
@@ -226,15 +217,7 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
             );
         }
     }
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.callback_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.callback_metrics().await;
     let counted = metrics
         .lines()
         .find_map(|l| l.strip_prefix("wechat_callback_logins_total "))

@@ -79,15 +79,7 @@ async fn full_login(safe_mode: bool) {
         .await;
     assert!(reply(&again).contains("refresh the login page"), "{again}");
 
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.callback_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.callback_metrics().await;
     assert!(
         metrics.contains("wechat_callback_logins_total 2"),
         "{metrics}"

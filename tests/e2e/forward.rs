@@ -180,14 +180,7 @@ async fn own_codes_go_to_the_handler_get_stays_and_a_slow_handler_gives_success(
     let answer = stack.message("oSlowSite00000000000000Ss01", "hi").await;
     assert_eq!(answer["status"], 200, "{answer}");
     assert_eq!(answer["raw"], "success", "{answer}");
-    let metrics = http
-        .get(format!("{}/metrics", stack.callback_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.callback_metrics().await;
     assert!(
         metrics.contains(r#"wechat_callback_forwarded_total{result="failed"} 1"#),
         "{metrics}"

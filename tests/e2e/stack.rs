@@ -177,14 +177,17 @@ impl Stack {
     /// simulator's answer (`reply` is what WeChat shows).
     pub async fn message(&self, openid: &str, content: &str) -> Value {
         let body = serde_json::json!({"openid": openid, "content": content});
+        sim_post(&self.http, &format!("{}/sim/message", self.sim_url), &body).await
+    }
+
+    /// The callback's `/metrics` text.
+    pub async fn callback_metrics(&self) -> String {
         self.http
-            .post(format!("{}/sim/message", self.sim_url))
-            .json(&body)
-            .timeout(Duration::from_secs(30))
+            .get(format!("{}/metrics", self.callback_url))
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap()
     }
@@ -193,22 +196,27 @@ impl Stack {
     pub async fn scan(&self, ticket: &str, openid: &str, subscribed: bool) -> Value {
         let body =
             serde_json::json!({"ticket": ticket, "openid": openid, "subscribed": subscribed});
-        let r = self
-            .http
-            .post(format!("{}/sim/scan", self.sim_url))
-            .json(&body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let mut v: Value = r.json().await.unwrap_or(Value::Null);
-        if !v.is_object() {
-            v = serde_json::json!({});
-        }
-        v["http_status"] = status.into();
-        v
+        sim_post(&self.http, &format!("{}/sim/scan", self.sim_url), &body).await
     }
+}
+
+/// POSTs `body` to a simulator endpoint (`/sim/scan`, `/sim/message`): its
+/// JSON answer, with the HTTP status added as `http_status`.
+pub async fn sim_post(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let r = http
+        .post(url)
+        .json(body)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let mut v: Value = r.json().await.unwrap_or(Value::Null);
+    if !v.is_object() {
+        v = serde_json::json!({});
+    }
+    v["http_status"] = status.into();
+    v
 }
 
 /// The ticket inside a `qrcode_url` frame's image URL.
