@@ -46,9 +46,16 @@ cargo fuzz build -s none
 echo "built in $(( $(date +%s) - start )) s"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/scan-login-fuzz.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-# The config target's temp file goes here too.
-export TMPDIR="$work"
+# The config target rewrites one settings file per input: in memory where
+# /dev/shm is there (five times the runs of a disk-backed /tmp).
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  cfg="$(mktemp -d /dev/shm/scan-login-fuzz.XXXXXX)"
+else
+  cfg="$work/config"
+  mkdir -p "$cfg"
+fi
+trap 'rm -rf "$work" "$cfg"' EXIT
+export FUZZ_CONFIG_DIR="$cfg"
 
 crashes=()
 summary=()

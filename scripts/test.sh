@@ -84,6 +84,8 @@ check_test_counts() { # check_test_counts LOG
     done
     echo
 }
+# Totals of every cargo test binary, for the closing line.
+cargo_passed=$(sed 's/\x1b\[[0-9;]*m//g' "$cargo_log" | awk '/^test result: /{for(i=1;i<=NF;i++) if($i=="passed;") p+=$(i-1)} END{print p+0}')
 check_test_counts "$cargo_log" || {
     echo "cargo test passed, but a test binary ran no tests: see above" >&2
     exit 1
@@ -104,3 +106,4 @@ if [ -d bench ]; then
 fi
 echo
 echo "all tests passed"
+echo "cargo: ${cargo_passed} passed, 0 failed"
