@@ -55,6 +55,7 @@ use tracing::{info, warn};
 use wechat_api::{ApiConfig, WeChatApi};
 
 pub use config::{Config, ConfigError, Settings};
+pub use ws::MAX_FRAMES_PER_PING;
 
 use client_ip::TrustedProxies;
 use metrics::Metrics;

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// Upgrades refused with 429: `--max-connections-per-ip`.
     pub ws_ip_refused: Counter,
     pub ws_idle_closed: Counter,
+    /// Connections closed for sending too many frames.
+    pub ws_flood_closed: Counter,
     /// Connections closed because a write to the browser stalled.
     pub ws_write_stalled: Counter,
     pub qr_minted: Counter,
@@ -89,6 +91,11 @@ impl Metrics {
                     ("origin", self.ws_origin_refused.get()),
                     ("per_ip_limit", self.ws_ip_refused.get()),
                 ],
+            )
+            .counter(
+                "ws_gateway_connections_flood_closed_total",
+                "WebSocket connections closed for sending more frames than allowed between pings.",
+                self.ws_flood_closed.get(),
             )
             .counter(
                 "ws_gateway_connections_idle_closed_total",

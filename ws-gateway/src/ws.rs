@@ -75,6 +75,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close handshake may take.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most frames a browser may send between two of the server's pings (half
+/// the idle timeout): the client sends one ping in that time, and a
+/// refresh now and then. Past it the connection is closed (1008), so a
+/// flooding client cannot make the gateway answer at its pace.
+pub const MAX_FRAMES_PER_PING: u16 = 100;
+
 /// `refresh` is allowed once per this long, counted from the last code
 /// minted for the connection.
 pub const REFRESH_SPACING: Duration = Duration::from_secs(5);
@@ -284,6 +290,7 @@ async fn open(
         fd,
         ip,
         last_activity: now,
+        frames_since_ping: 0,
         next_ping,
         _permit: permit,
         code_expires: None,
@@ -303,6 +310,8 @@ enum End {
     Shutdown,
     /// A write did not complete within [`WRITE_TIMEOUT`].
     Stalled,
+    /// More than [`MAX_FRAMES_PER_PING`] frames between two pings.
+    Flood,
     /// A protocol or I/O error.
     Failed(WsError),
 }
@@ -322,6 +331,9 @@ struct Conn {
     fd: u32,
     ip: IpAddr,
     last_activity: Instant,
+    /// Frames received since the last ping went out (see
+    /// [`MAX_FRAMES_PER_PING`]).
+    frames_since_ping: u16,
     next_ping: Instant,
     /// When the code on screen expires; `None` once `qrcode_expired` went
     /// out (or before the first code).
@@ -637,6 +649,18 @@ impl Conn {
             Some(Err(e)) => return Err(End::Failed(e)),
         };
         self.last_activity = now;
+        self.frames_since_ping = self.frames_since_ping.saturating_add(1);
+        if self.frames_since_ping > MAX_FRAMES_PER_PING {
+            self.gw.metrics.ws_flood_closed.inc();
+            let _ = self
+                .send_error(
+                    WsErrorCode::RateLimited,
+                    format!("more than {MAX_FRAMES_PER_PING} frames between pings"),
+                )
+                .await;
+            self.close(CloseCode::Policy, "too many frames").await;
+            return Err(End::Flood);
+        }
         match msg {
             Message::Text(t) => match ClientCommand::parse(t.as_str()) {
                 Some(ClientCommand::Ping) => self.send_frame(&ServerFrame::Pong).await,
@@ -679,6 +703,7 @@ impl Conn {
         }
         if now >= self.next_ping {
             self.next_ping = now + ping_every(&self.gw);
+            self.frames_since_ping = 0;
             self.send(Frame::ping(Bytes::new())).await?;
         }
         Ok(())

@@ -1400,3 +1400,90 @@ async fn a_page_that_stops_reading_never_gets_a_login_reported_failed() {
         Some(1.0)
     );
 }
+
+/// Browser abuse at once: stalled handshakes, clients that flood frames,
+/// clients that never read. The flooders are cut off (1008 after at most
+/// `MAX_FRAMES_PER_PING` frames), memory stays bounded, and an ordinary
+/// page still gets its code and its login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_browsers_are_cut_off_and_others_still_log_in() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeWeChat::start().await;
+    let gw = Gw::start(
+        &fake,
+        &["--max-connections-per-ip", "0", "--qr-mint-rate", "0"],
+    )
+    .await;
+    let rss = |m: &str| metric(m, "process_resident_memory_bytes").expect("rss metric");
+    let before = rss(&http(gw.http, "GET", "/metrics").await.body);
+
+    // Handshakes that never finish.
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Pages that never read again.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(Browser::open(&gw, &fake).await);
+    }
+    // Floods of pings, without reading the pongs until the end.
+    let max = ws_gateway::MAX_FRAMES_PER_PING;
+    for _ in 0..20 {
+        let mut b = Browser::open(&gw, &fake).await;
+        for _ in 0..(max as usize * 3) {
+            if b.ws.send(Message::text(r#"{"cmd":"ping"}"#)).await.is_err() {
+                break;
+            }
+        }
+        let mut pongs = 0;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, b.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["message_type"] == "pong" {
+                        pongs += 1;
+                    } else {
+                        assert_eq!(v["error"], "rate_limited", "{v}");
+                    }
+                }
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    assert_eq!(f.code, CloseCode::Policy);
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => panic!("a flooding page was not cut off"),
+            }
+        }
+        assert!(pongs <= max as usize, "{pongs} pongs for a flood");
+    }
+
+    // An ordinary page is served as usual.
+    let mut a = Browser::open(&gw, &fake).await;
+    let mut bus = Bus::connect(&gw).await;
+    assert_eq!(
+        bus.ask(&scan(a.fd, "Alice", Some(&a.ticket), None)).await,
+        OK
+    );
+    assert_eq!(
+        expect_frame(&mut a.ws, "scan_success").await["user"],
+        "Alice"
+    );
+
+    let m = http(gw.http, "GET", "/metrics").await.body;
+    assert_eq!(
+        metric(&m, "ws_gateway_connections_flood_closed_total"),
+        Some(20.0)
+    );
+    let grown = rss(&m) - before;
+    assert!(
+        grown < 64.0 * 1024.0 * 1024.0,
+        "RSS grew by {grown} bytes under abuse"
+    );
+    drop((stalled, silent));
+}
