@@ -19,10 +19,10 @@
 #     the threshold is the exposure level x10)
 #  5. systemd-sysusers / systemd-tmpfiles --root=ROOT: the user is created and
 #     the config/credential permissions come out right (SKIPPED without root)
-#  6. nginx -t on deploy/nginx.conf inside a minimal main config, with a
-#     self-signed certificate made on the fly; any [warn] (on stderr or in
-#     the error log) counts as a failure, and a config with a known warning
-#     proves the check notices one
+#  6. nginx -t on deploy/nginx.conf and deploy/two-hosts/nginx.conf inside a
+#     minimal main config, with a self-signed certificate made on the fly;
+#     any [warn] (on stderr or in the error log) counts as a failure, and a
+#     config with a known warning proves the check notices one
 #  7. install.sh idempotence: two runs leave identical trees; a third run after
 #     editing a config keeps the edit and writes NAME.toml.new
 #  8. example configs: valid TOML, no secrets, and (when the daemons are built,
@@ -30,7 +30,9 @@
 #     the keys are exactly the
 #     daemon's flags (minus secrets) and each commented default is the one
 #     --help shows; the built daemon's --check-config accepts the example the
-#     way the unit runs it, with made-up secrets in $CREDENTIALS_DIRECTORY
+#     way the unit runs it, with made-up secrets in $CREDENTIALS_DIRECTORY.
+#     deploy/two-hosts/*.toml: valid TOML, no secrets, keys a subset of
+#     deploy/config's, node ids and the callbacks' notify_addr agree
 set -Eeuo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -210,10 +212,14 @@ N=$T/nginx
 mkdir -p "$N"
 timeout 30 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=example.com \
     -keyout "$N/key.pem" -out "$N/cert.pem" >/dev/null 2>&1 || fail "openssl could not make a test certificate"
-grep -q 'ssl_certificate  *.*fullchain.pem;' "$here/nginx.conf" || fail "nginx.conf: no ssl_certificate"
-sed -e "s|^\( *ssl_certificate \).*;|\1$N/cert.pem;|" \
-    -e "s|^\( *ssl_certificate_key \).*;|\1$N/key.pem;|" \
-    "$here/nginx.conf" >"$N/site.conf"
+# The examples: the single-host one and deploy/two-hosts'.
+nginx_examples=("$here/nginx.conf" "$here/two-hosts/nginx.conf")
+site_conf() { # site_conf EXAMPLE: $N/site.conf is EXAMPLE with the test certificate
+    grep -q 'ssl_certificate  *.*fullchain.pem;' "$1" || fail "${1#"$repo"/}: no ssl_certificate"
+    sed -e "s|^\( *ssl_certificate \).*;|\1$N/cert.pem;|" \
+        -e "s|^\( *ssl_certificate_key \).*;|\1$N/key.pem;|" \
+        "$1" >"$N/site.conf"
+}
 cat >"$N/nginx.conf" <<EOF
 pid $N/nginx.pid;
 error_log $N/error.log;
@@ -244,7 +250,10 @@ nginx_clean() { # nginx_clean CONF: nginx -t passes with no warning at all
         return 1
     fi
 }
-nginx_clean "$N/nginx.conf" || fail "nginx -t on deploy/nginx.conf"
+for conf in "${nginx_examples[@]}"; do
+    site_conf "$conf"
+    nginx_clean "$N/nginx.conf" || fail "nginx -t on ${conf#"$repo"/}"
+done
 # The check must catch a warning: the same config plus a conflicting
 # server_name, which nginx -t accepts with a [warn].
 sed -e '$d' "$N/nginx.conf" >"$N/warn.conf"
@@ -256,27 +265,30 @@ EOF
 if nginx_clean "$N/warn.conf" 2>/dev/null; then
     fail "nginx -t's warnings are not noticed (a conflicting server_name passed); this check is blind"
 fi
-# What the example must (not) publish.
-grep -Eq '^\s*location /ws \{' "$here/nginx.conf" || fail "nginx.conf: no location /ws"
-grep -Eq '^\s*location = /wechat \{' "$here/nginx.conf" || fail "nginx.conf: no location /wechat"
-# shellcheck disable=SC2016 # nginx variables, literally
-grep -qF 'proxy_set_header Upgrade $http_upgrade;' "$here/nginx.conf" || fail "nginx.conf: no Upgrade header"
-# shellcheck disable=SC2016
-grep -qF 'X-Forwarded-For $proxy_add_x_forwarded_for' "$here/nginx.conf" || fail "nginx.conf: no X-Forwarded-For"
-grep -q 'client_max_body_size 1m;' "$here/nginx.conf" || fail "nginx.conf: no 1m body limit on /wechat"
-# The site's own `location /` is the site's: the gateway gets only its paths.
-root_block=$(awk '/^[[:space:]]*location \/ \{/ {inside = 1} inside {print} inside && /^[[:space:]]*\}/ {exit}' "$here/nginx.conf")
-[ -n "$root_block" ] || fail "nginx.conf: no location / for the site"
-if grep -q 'proxy_pass' <<<"$root_block"; then
-    if grep -q 'scan_login' <<<"$root_block"; then
-        fail "nginx.conf: location / proxies the whole site to a scan-login daemon"
+# What the examples must (not) publish.
+for conf in "${nginx_examples[@]}"; do
+    name=${conf#"$repo"/}
+    grep -Eq '^\s*location /ws \{' "$conf" || fail "$name: no location /ws"
+    grep -Eq '^\s*location = /wechat \{' "$conf" || fail "$name: no location /wechat"
+    # shellcheck disable=SC2016 # nginx variables, literally
+    grep -qF 'proxy_set_header Upgrade $http_upgrade;' "$conf" || fail "$name: no Upgrade header"
+    # shellcheck disable=SC2016
+    grep -qF 'X-Forwarded-For $proxy_add_x_forwarded_for' "$conf" || fail "$name: no X-Forwarded-For"
+    grep -q 'client_max_body_size 1m;' "$conf" || fail "$name: no 1m body limit on /wechat"
+    # The site's own `location /` is the site's: the gateway gets only its paths.
+    root_block=$(awk '/^[[:space:]]*location \/ \{/ {inside = 1} inside {print} inside && /^[[:space:]]*\}/ {exit}' "$conf")
+    [ -n "$root_block" ] || fail "$name: no location / for the site"
+    if grep -q 'proxy_pass' <<<"$root_block"; then
+        if grep -q 'scan_login' <<<"$root_block"; then
+            fail "$name: location / proxies the whole site to a scan-login daemon"
+        fi
     fi
-fi
-grep -Eq '^\s*location [^#]*scan-login\\\.m\?js' "$here/nginx.conf" || fail "nginx.conf: /scan-login.js not proxied"
-if grep -nE '^[^#]*(9999|notify)' "$here/nginx.conf"; then
-    fail "nginx.conf must never proxy the notify bus"
-fi
-ok "nginx -t is clean; /ws, /scan-login.js and /wechat proxied; / is the site's; notify port, /metrics, /healthz not public"
+    grep -Eq '^\s*location [^#]*scan-login\\\.m\?js' "$conf" || fail "$name: /scan-login.js not proxied"
+    if grep -nE '^[^#]*(9999|notify)' "$conf"; then
+        fail "$name must never proxy the notify bus"
+    fi
+done
+ok "nginx -t is clean on deploy/nginx.conf and deploy/two-hosts/nginx.conf; /ws, /scan-login.js and /wechat proxied; / is the site's; notify port, /metrics, /healthz not public"
 
 # -- 7. install.sh idempotence -----------------------------------------------
 step "install.sh idempotence"
@@ -429,6 +441,84 @@ PY
         ok "$exe --check-config accepts the example $c.toml with credentials from \$CREDENTIALS_DIRECTORY"
     fi
 done
+
+# deploy/two-hosts: per-host configs that set only some keys. Valid TOML,
+# no secrets (and no password in db), every key one of deploy/config's
+# (those list exactly the daemon's flags, compared with --help above when
+# built), and the gateways' node_id/notify_listen match the callbacks'
+# notify_addr list.
+python3 - "$here/config" "$here/two-hosts" <<'PY' || fail "deploy/two-hosts/*.toml (see above)"
+import glob, ipaddress, os, re, sys, tomllib
+from urllib.parse import parse_qs, urlsplit
+
+config_dir, dir_ = sys.argv[1], sys.argv[2]
+secrets = {"app_secret", "token", "encoding_aes_key", "encoding_aes_key_previous",
+           "notify_secret", "login_token_secret"}
+problems = []
+
+def keys_of(path):  # set keys, and "# key = value" lines (commented defaults)
+    text = open(path, encoding="utf-8").read()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{os.path.basename(path)}: not valid TOML: {e}")
+        data = {}
+    listed = {m.group(1) for m in re.finditer(r"^(?:# ?)?([a-z_]+) = ", text, re.M)}
+    return data, listed | set(data)
+
+flags = {c: keys_of(os.path.join(config_dir, f"{c}.toml"))[1] for c in ("gateway", "callback")}
+gateways, callbacks = {}, []
+for path in sorted(glob.glob(os.path.join(dir_, "*.toml"))):
+    name = os.path.basename(path)
+    m = re.fullmatch(r"gateway-node([0-9]+)\.toml", name)
+    daemon = "gateway" if m else "callback" if name.startswith("callback") else None
+    if daemon is None:
+        problems.append(f"{name}: name it gateway-nodeN.toml or callback*.toml")
+        continue
+    data, keys = keys_of(path)
+    for key in sorted(keys & secrets):
+        problems.append(f"{name}: {key}: secrets belong in /etc/wechat-scan-login/credentials/, not in the TOML")
+    for key in sorted(keys - secrets - flags[daemon]):
+        problems.append(f"{name}: key {key} is not in deploy/config/{daemon}.toml, so not a flag")
+    if m:
+        gateways[name] = (int(m.group(1)), data)
+    else:
+        callbacks.append((name, data))
+        db = data.get("db", "")
+        if re.match(r"postgres(ql)?://", db, re.I):
+            url = urlsplit(db)
+            if url.password or "password" in parse_qs(url.query):
+                problems.append(f"{name}: db has a password: put the URL in the EnvironmentFile (README)")
+
+buses = {}
+for name, (node, data) in gateways.items():
+    if data.get("node_id") != node:
+        problems.append(f"{name}: node_id = {data.get('node_id')!r}, expected {node} (the file name)")
+    bus = data.get("notify_listen", "127.0.0.1:9999")
+    try:
+        loopback = ipaddress.ip_address(bus.rsplit(":", 1)[0].strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if len(gateways) > 1 and loopback:
+        problems.append(f"{name}: notify_listen {bus} is loopback: the other hosts' callbacks cannot reach it")
+    buses[node] = bus
+for name, data in callbacks:
+    listed = {}
+    for entry in data.get("notify_addr", "127.0.0.1:9999").split(","):
+        node, sep, addr = entry.strip().rpartition("=")
+        listed[int(node) if sep and node.isdigit() else node if sep else None] = addr
+    if list(listed) == [None]:  # one bare ADDR serves every node
+        listed = {node: listed[None] for node in buses}
+    if listed != buses:
+        problems.append(f"{name}: notify_addr maps {listed}, but the gateways are {buses}")
+
+for p in problems:
+    print(f"   two-hosts/{p}", file=sys.stderr)
+if problems:
+    sys.exit(1)
+print(f"   ok: deploy/two-hosts: {len(gateways)} gateway and {len(callbacks)} callback config(s): "
+      "valid TOML, no secrets, keys are flags, node ids and notify_addr agree")
+PY
 
 if [ "$skipped" -gt 0 ]; then
     echo "deploy/check.sh: passed in $((SECONDS - started))s, but $skipped check(s) SKIPPED (see above)"

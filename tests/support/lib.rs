@@ -7,6 +7,7 @@
 
 pub mod fake_api;
 pub mod fake_bus;
+pub mod postgres;
 pub mod process;
 pub mod wechat;
 

@@ -66,9 +66,16 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_SECRET", hide_env_values = true)]
     pub notify_secret: Option<Secret>,
 
-    /// SQLite file for users and handled events; several instances may share it.
-    #[arg(long, env = "SCAN_LOGIN_DB", default_value = "scan-login.db")]
-    pub db: PathBuf,
+    /// Where users and handled events are kept: a SQLite file (instances on
+    /// one host may share it) or a postgres:// URL (instances on several
+    /// hosts share the database; `?sslmode=require` for TLS).
+    #[arg(
+        long,
+        env = "SCAN_LOGIN_DB",
+        default_value = "scan-login.db",
+        hide_env_values = true
+    )]
+    pub db: String,
 
     /// When set, `scan_success` carries a login token: a JWT (HS256) signed
     /// with this secret (at least 32 bytes), with sub = openid, nickname,
@@ -271,7 +278,7 @@ pub struct Settings {
     pub api: Option<wechat_api::ApiConfig>,
     pub notify_addr: String,
     pub notify_secret: Option<Secret>,
-    pub db: PathBuf,
+    pub db: crate::store::Db,
     pub login_token_secret: Option<Secret>,
     pub timestamp_tolerance: Duration,
     pub reply_template: String,
@@ -384,7 +391,7 @@ impl Config {
             api,
             notify_addr: self.notify_addr.clone(),
             notify_secret,
-            db: self.db.clone(),
+            db: crate::store::Db::parse(&self.db),
             login_token_secret,
             timestamp_tolerance: Duration::from_secs(self.timestamp_tolerance_seconds),
             reply_template: self.reply_template.clone(),
@@ -416,7 +423,7 @@ impl daemon_kit::daemon::Daemon for Config {
         let settings = self.settings().map_err(|e| e.to_string())?;
         if self.common.check_config {
             crate::store::Store::check(&settings.db)
-                .map_err(|e| format!("database {}: {e}", settings.db.display()))?;
+                .map_err(|e| format!("database {}: {e}", settings.db))?;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use crate::App;
 use crate::bus_client::NotifyError;
 use crate::envelope::Reply;
 use crate::single_flight::Joined;
-use crate::store::{Claim, PendingLogin, StoreError, Taken, UserRecord};
+use crate::store::{Claim, PendingLogin, Recorded, StoreError, Taken, UserRecord};
 use crate::text::{device_summary, display_name, fill, render};
 
 /// How often a retry polls an event another instance is handling.
@@ -410,7 +410,13 @@ async fn complete_login(
             })
             .await
         {
-            Ok((count, reply)) => {
+            Ok(Recorded::AlreadyDone(reply)) => {
+                // A takeover finished this event while this handler was
+                // slow: it was counted (or refused) there, not twice here.
+                warn!(fd, openid = %openid, "event already finished by another handler");
+                return Ok(reply);
+            }
+            Ok(Recorded::Counted(count, reply)) => {
                 app.metrics.logins.inc();
                 info!(
                     fd,

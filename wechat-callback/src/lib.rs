@@ -6,7 +6,7 @@
 //! decryption and reply sealing), [`dispatch`] (dedupe, the login and
 //! confirm flows), [`forward`] (`--forward-url`: the account's own
 //! handler for everything that is not a login), [`single_flight`] (retries joining work in flight),
-//! [`store`] (SQLite), [`bus_client`] (notify ws-gateway), [`text`] (names
+//! [`store`] (SQLite or PostgreSQL), [`bus_client`] (notify ws-gateway), [`text`] (names
 //! and reply templates), [`login_token`] (JWT), [`metrics`].
 
 pub mod bus_client;
@@ -57,10 +57,11 @@ pub use protocol::wechat::unix_now as now_secs;
 
 /// Builds the server state: validates settings, opens the store, creates
 /// the API and bus clients.
-pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
+pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
     let settings = config.settings()?;
     let store = store::Store::open(&settings.db)
-        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", settings.db.display()))?;
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", settings.db))?;
     let api = settings
         .api
         .clone()
@@ -107,7 +108,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = build(&config)?;
+    let app = build(&config).await?;
     // A wrong AppID or AppSecret, or an address off the IP whitelist, ends
     // the start here, saying what to fix; a passing fault only holds
     // /healthz at 503 until a token is had.
@@ -133,7 +134,8 @@ pub async fn run(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr()?,
         notify = %app.settings.notify_addr,
-        db = %app.settings.db.display(),
+        db = %app.settings.db,
+        store = app.store.backend(),
         app_id = app.settings.app_id.as_deref().unwrap_or(""),
         message_mode = app.settings.message_mode.name(),
         forward_url = app.settings.forward_url.as_ref().map(|u| u.as_str()).unwrap_or(""),

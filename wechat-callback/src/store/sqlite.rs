@@ -1,15 +1,9 @@
-//! The embedded SQLite store: users with their login counts, handled
-//! callback events (for deduplicating WeChat's retries, also across
-//! instances sharing the file), the signatures seen (replay refusal) and
-//! logins awaiting confirmation on the phone.
+//! The SQLite backend: one file, shared by the instances on one host.
 //!
 //! WAL mode, a busy timeout, and schema migrations by `user_version` under
 //! `BEGIN IMMEDIATE`, so several instances can open one file at once. All
-//! calls are blocking and run on tokio's blocking pool.
-//!
-//! **Invariant:** an event is claimed by exactly one handler (the
-//! `INSERT ... ON CONFLICT DO NOTHING` on its key wins once); a login is
-//! counted in the same transaction that marks its event done.
+//! calls are blocking and run on tokio's blocking pool, one at a time per
+//! process (one connection).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,14 +11,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::{
+    Claim, EVENT_RETENTION, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError, Taken,
+    UserRecord, is_stale, seen, taken,
+};
 use crate::envelope::Reply;
 
-/// How long handled events are kept (WeChat retries within ~15 s; the
-/// contract asks for at least 5 minutes).
-pub const EVENT_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// A claim older than this whose handler never finished (crashed) may be
-/// taken over by a retry.
-pub const STALE_CLAIM: Duration = Duration::from_secs(30);
 /// How long a connection waits for another writer's lock: well inside the
 /// reply deadline, so a locked store is answered 503 (WeChat retries)
 /// rather than timing out into `success`.
@@ -68,85 +60,24 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// A store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("store task failed: {0}")]
-    Task(String),
-    #[error("database schema version {found} is newer than this binary knows ({known})")]
-    TooNew { found: i64, known: i64 },
-}
-
-/// What claiming an event found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This caller handles the event.
-    Claimed,
-    /// Already handled; the stored reply.
-    Done(Reply),
-    /// Another handler is on it.
-    Pending,
-}
-
-/// What the signature record says about a verified request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// First time this signature is used.
-    New,
-    /// Seen before with the same body: WeChat retrying.
-    Retry,
-    /// Seen before with another body: a replay.
-    OtherBody,
-}
-
-/// A login awaiting the user's `1` (`--confirm-login`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingLogin {
-    pub openid: String,
-    pub fd: u32,
-    pub ticket: Option<String>,
-    pub display_name: String,
-    pub unionid: Option<String>,
-    /// Unix seconds after which a `1` confirms nothing.
-    pub expires_at: i64,
-}
-
-/// What taking a pending login found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Taken {
-    Live(PendingLogin),
-    Expired,
-    None,
-}
-
-/// What is known about the user at login time.
-#[derive(Debug, Clone, Default)]
-pub struct UserRecord {
-    pub openid: String,
-    pub unionid: Option<String>,
-    pub display_name: String,
-}
-
-/// The store handle; clones share the connection.
+/// The SQLite handle; clones share the connection.
 #[derive(Clone)]
-pub struct Store {
+pub struct Sqlite {
     conn: Arc<Mutex<Connection>>,
 }
 
 use protocol::wechat::unix_now as now_secs;
 
-impl Store {
+impl Sqlite {
     /// Opens (creating and migrating as needed) the database file.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        Ok(Store {
+        Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
@@ -200,12 +131,15 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Claims the event `key` for handling (see [`Claim`]).
     pub async fn claim(&self, key: String) -> Result<Claim, StoreError> {
         self.with(move |c| {
             let now = now_secs();
-            let inserted = c.prepare_cached("INSERT INTO events(key, state, claimed_at) VALUES (?1, 0, ?2) ON CONFLICT(key) DO NOTHING")?.execute(params![key, now],
-            )?;
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO events(key, state, claimed_at) VALUES (?1, 0, ?2)
+                     ON CONFLICT(key) DO NOTHING",
+                )?
+                .execute(params![key, now])?;
             if inserted == 1 {
                 return Ok(Claim::Claimed);
             }
@@ -215,25 +149,31 @@ impl Store {
                 .optional()?;
             match row {
                 Some((1, reply, _)) => Ok(Claim::Done(Reply::from_stored(reply))),
-                Some((_, _, claimed_at)) if now - claimed_at > STALE_CLAIM.as_secs() as i64 => {
-                    let took = c.prepare_cached("UPDATE events SET claimed_at = ?2 WHERE key = ?1 AND state = 0 AND claimed_at = ?3")?.execute(params![key, now, claimed_at],
-                    )?;
-                    Ok(if took == 1 { Claim::Claimed } else { Claim::Pending })
+                Some((_, _, claimed_at)) if is_stale(claimed_at, now) => {
+                    let took = c
+                        .prepare_cached(
+                            "UPDATE events SET claimed_at = ?2
+                             WHERE key = ?1 AND state = 0 AND claimed_at = ?3",
+                        )?
+                        .execute(params![key, now, claimed_at])?;
+                    Ok(if took == 1 {
+                        Claim::Claimed
+                    } else {
+                        Claim::Pending
+                    })
                 }
-                Some(_) => Ok(Claim::Pending),
-                // Pruned between the two statements: treat as new.
-                None => Ok(Claim::Pending),
+                // Pruned between the two statements: someone else's.
+                Some(_) | None => Ok(Claim::Pending),
             }
         })
         .await
     }
 
-    /// Marks an event handled with its reply, without counting a login.
     pub async fn finish(&self, key: String, reply: Reply) -> Result<(), StoreError> {
         let reply = reply.into_stored();
         self.with(move |c| {
             c.prepare_cached(
-                "UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1",
+                "UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1 AND state = 0",
             )?
             .execute(params![key, reply, now_secs()])?;
             Ok(())
@@ -241,39 +181,55 @@ impl Store {
         .await
     }
 
-    /// Counts a login for `user` and marks `key` handled with the reply
-    /// `render(count)` builds, in one transaction. Returns the new count and
-    /// the reply.
     pub async fn record_login<R>(
         &self,
         key: String,
         user: UserRecord,
         render: R,
-    ) -> Result<(i64, String), StoreError>
+    ) -> Result<Recorded, StoreError>
     where
         R: FnOnce(i64) -> String + Send + 'static,
     {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_secs();
-            let count: i64 = tx.prepare_cached("INSERT INTO users(openid, unionid, display_name, subscribed, first_login_at, last_login_at, login_count, updated_at)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?4, 1, ?4)
-                 ON CONFLICT(openid) DO UPDATE SET
-                    unionid = COALESCE(excluded.unionid, users.unionid),
-                    display_name = excluded.display_name,
-                    subscribed = 1,
-                    first_login_at = COALESCE(users.first_login_at, excluded.first_login_at),
-                    last_login_at = excluded.last_login_at,
-                    login_count = users.login_count + 1,
-                    updated_at = excluded.updated_at
-                 RETURNING login_count")?.query_row(params![user.openid, user.unionid, user.display_name, now],
-                |r| r.get(0),
-            )?;
+            let moved = tx
+                .prepare_cached(
+                    "UPDATE events SET state = 1, done_at = ?2 WHERE key = ?1 AND state = 0",
+                )?
+                .execute(params![key, now])?;
+            if moved == 0 {
+                let reply: Option<String> = tx
+                    .prepare_cached("SELECT reply FROM events WHERE key = ?1")?
+                    .query_row(params![key], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                return Ok(Recorded::AlreadyDone(Reply::from_stored(reply)));
+            }
+            let count: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO users(openid, unionid, display_name, subscribed, first_login_at,
+                        last_login_at, login_count, updated_at)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?4, 1, ?4)
+                     ON CONFLICT(openid) DO UPDATE SET
+                        unionid = COALESCE(excluded.unionid, users.unionid),
+                        display_name = excluded.display_name,
+                        subscribed = 1,
+                        first_login_at = COALESCE(users.first_login_at, excluded.first_login_at),
+                        last_login_at = excluded.last_login_at,
+                        login_count = users.login_count + 1,
+                        updated_at = excluded.updated_at
+                     RETURNING login_count",
+                )?
+                .query_row(
+                    params![user.openid, user.unionid, user.display_name, now],
+                    |r| r.get(0),
+                )?;
             let reply = render(count);
-            tx.prepare_cached("UPDATE events SET state = 1, reply = ?2, done_at = ?3 WHERE key = ?1")?.execute(params![key, reply, now],
-            )?;
+            tx.prepare_cached("UPDATE events SET reply = ?2 WHERE key = ?1")?
+                .execute(params![key, reply])?;
             tx.commit()?;
-            Ok((count, reply))
+            Ok(Recorded::Counted(count, reply))
         })
         .await
     }
@@ -349,12 +305,7 @@ impl Store {
                 .prepare_cached("SELECT body_sha1 FROM signatures WHERE sig = ?1")?
                 .query_row(params![sig], |r| r.get(0))
                 .optional()?;
-            Ok(match stored {
-                Some(d) if d.as_slice() == body_sha1.as_slice() => Seen::Retry,
-                Some(_) => Seen::OtherBody,
-                // Pruned in between: as good as new.
-                None => Seen::New,
-            })
+            Ok(seen(stored, &body_sha1))
         })
         .await
     }
@@ -402,11 +353,7 @@ impl Store {
                     })
                 })
                 .optional()?;
-            Ok(match row {
-                Some(p) if p.expires_at >= now_secs() => Taken::Live(p),
-                Some(_) => Taken::Expired,
-                None => Taken::None,
-            })
+            Ok(taken(row, now_secs()))
         })
         .await
     }
@@ -414,7 +361,7 @@ impl Store {
     /// Deletes handled events older than [`EVENT_RETENTION`], signatures
     /// older than `signature_retention` and expired pending logins;
     /// returns how many rows went.
-    pub async fn prune(&self, signature_retention: Duration) -> Result<usize, StoreError> {
+    pub async fn prune(&self, signature_retention: Duration) -> Result<u64, StoreError> {
         self.with(move |c| {
             let now = now_secs();
             let events = c
@@ -425,8 +372,8 @@ impl Store {
                 .execute(params![now - signature_retention.as_secs() as i64])?;
             let pending = c
                 .prepare_cached("DELETE FROM pending WHERE expires_at < ?1")?
-                .execute(params![now - 3600])?;
-            Ok(events + sigs + pending)
+                .execute(params![now - PENDING_GRACE.as_secs() as i64])?;
+            Ok((events + sigs + pending) as u64)
         })
         .await
     }
@@ -455,120 +402,4 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_db(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "wcb-store-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("t.db")
-    }
-
-    #[tokio::test]
-    async fn claim_once_and_count_logins() {
-        let path = temp_db("claim");
-        let a = Store::open(&path).unwrap();
-        let b = Store::open(&path).unwrap(); // a second instance on the same file
-        assert_eq!(a.claim("k1".into()).await.unwrap(), Claim::Claimed);
-        assert_eq!(b.claim("k1".into()).await.unwrap(), Claim::Pending);
-        let user = UserRecord {
-            openid: "o1".into(),
-            unionid: None,
-            display_name: "A".into(),
-        };
-        let (n, reply) = a
-            .record_login("k1".into(), user.clone(), |n| format!("n={n}"))
-            .await
-            .unwrap();
-        assert_eq!((n, reply.as_str()), (1, "n=1"));
-        assert_eq!(
-            b.claim("k1".into()).await.unwrap(),
-            Claim::Done(Reply::Text("n=1".into()))
-        );
-        assert_eq!(b.claim("k2".into()).await.unwrap(), Claim::Claimed);
-        let (n, _) = b
-            .record_login("k2".into(), user, |n| n.to_string())
-            .await
-            .unwrap();
-        assert_eq!(n, 2);
-        assert_eq!(a.login_count("o1".into()).await.unwrap(), 2);
-        a.finish("k3".into(), Reply::Success).await.unwrap();
-        assert_eq!(a.claim("k3".into()).await.unwrap(), Claim::Claimed);
-        a.finish("k3".into(), Reply::Success).await.unwrap();
-        assert_eq!(
-            a.claim("k3".into()).await.unwrap(),
-            Claim::Done(Reply::Success)
-        );
-    }
-
-    #[tokio::test]
-    async fn reopening_keeps_data_and_schema() {
-        let path = temp_db("reopen");
-        {
-            let s = Store::open(&path).unwrap();
-            s.claim("k".into()).await.unwrap();
-            s.unsubscribe("o".into()).await.unwrap();
-        }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.claim("k".into()).await.unwrap(), Claim::Pending);
-        assert_eq!(s.prune(Duration::from_secs(600)).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn signatures_tell_retries_from_replays_across_instances() {
-        let path = temp_db("sig");
-        let a = Store::open(&path).unwrap();
-        let b = Store::open(&path).unwrap();
-        assert_eq!(
-            a.see_signature("s1".into(), [1; 20]).await.unwrap(),
-            Seen::New
-        );
-        assert_eq!(
-            b.see_signature("s1".into(), [1; 20]).await.unwrap(),
-            Seen::Retry
-        );
-        assert_eq!(
-            b.see_signature("s1".into(), [2; 20]).await.unwrap(),
-            Seen::OtherBody
-        );
-        assert_eq!(
-            b.see_signature("s2".into(), [2; 20]).await.unwrap(),
-            Seen::New
-        );
-    }
-
-    #[tokio::test]
-    async fn a_pending_login_is_taken_once() {
-        let path = temp_db("pending");
-        let a = Store::open(&path).unwrap();
-        let b = Store::open(&path).unwrap();
-        let p = PendingLogin {
-            openid: "o".into(),
-            fd: 5 << 20,
-            ticket: Some("t".into()),
-            display_name: "A".into(),
-            unionid: None,
-            expires_at: now_secs() + 60,
-        };
-        a.put_pending(p.clone()).await.unwrap();
-        assert_eq!(
-            b.take_pending("o".into()).await.unwrap(),
-            Taken::Live(p.clone())
-        );
-        assert_eq!(a.take_pending("o".into()).await.unwrap(), Taken::None);
-        a.put_pending(PendingLogin {
-            expires_at: now_secs() - 1,
-            ..p
-        })
-        .await
-        .unwrap();
-        assert_eq!(a.take_pending("o".into()).await.unwrap(), Taken::Expired);
-    }
 }
