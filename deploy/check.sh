@@ -507,8 +507,9 @@ for name, data in callbacks:
     for entry in data.get("notify_addr", "127.0.0.1:9999").split(","):
         node, sep, addr = entry.strip().rpartition("=")
         listed[int(node) if sep and node.isdigit() else node if sep else None] = addr
-    if list(listed) == [None]:  # one bare ADDR serves every node
-        listed = {node: listed[None] for node in buses}
+    default = listed.pop(None, None)  # a bare ADDR serves every node not listed
+    if default is not None:
+        listed = {node: listed.get(node, default) for node in buses} | listed
     if listed != buses:
         problems.append(f"{name}: notify_addr maps {listed}, but the gateways are {buses}")
 

@@ -3,11 +3,15 @@
 # netcat-openbsd (the contract's `nc -N` example), chromium (browser test),
 # nginx and openssl (deploy/check.sh), node and npm (browser test driver),
 # python3 with wechatpy (the forwarding tests' account handler) and PyJWT
-# (tests/examples), g++ and cargo-fuzz (scripts/fuzz.sh), and the
-# rustfmt/clippy components.
+# (tests/examples), g++ and cargo-fuzz (scripts/fuzz.sh), PostgreSQL's
+# server and client (the store tests and the multi-host test start
+# throwaway clusters; the distribution's service is not used), iproute2
+# (`ip netns` for the multi-host test), and the rustfmt/clippy components.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(netcat-openbsd chromium nginx openssl curl ca-certificates procps)
+pkgs=(netcat-openbsd chromium nginx openssl curl ca-certificates procps iproute2 util-linux)
+# The store tests start throwaway clusters with initdb/postgres.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql postgresql-client)
 # scripts/fuzz.sh: libfuzzer-sys compiles libFuzzer (C++).
 command -v c++ >/dev/null || pkgs+=(g++)
 command -v node >/dev/null || pkgs+=(nodejs)

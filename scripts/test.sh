@@ -8,7 +8,7 @@
 #   5. the examples (token verifiers in Python and Node, the bus-line
 #      handler example) against the real binaries.
 # What is missing (netcat-openbsd, chromium, nginx, node/npm, python3 with
-# wechatpy and PyJWT) is installed first by scripts/install-test-deps.sh,
+# wechatpy and PyJWT, PostgreSQL, iproute2) is installed first by scripts/install-test-deps.sh,
 # as root or through `sudo -n`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,8 @@ command -v chromium >/dev/null || missing+=("chromium")
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=("nginx")
 command -v npm >/dev/null || missing+=("npm")
 python3 -c 'import wechatpy, jwt' 2>/dev/null || missing+=("python3 with wechatpy and PyJWT")
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=("postgresql")
+command -v ip >/dev/null || missing+=("iproute2")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing missing test prerequisites: ${missing[*]}" >&2
   if [ "$(id -u)" = 0 ]; then

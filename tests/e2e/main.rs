@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod flows;
 mod forward;
+mod multihost;
 mod security;
 mod stack;
 mod startup;

@@ -239,8 +239,13 @@ impl Browser {
 
     /// [`Browser::connect`] with a `User-Agent` header, as a browser sends.
     pub async fn connect_as(port: u16, user_agent: Option<&str>) -> Browser {
+        Browser::connect_to(&format!("127.0.0.1:{port}"), user_agent).await
+    }
+
+    /// [`Browser::connect_as`] to a gateway at `addr` (`host:port`).
+    pub async fn connect_to(addr: &str, user_agent: Option<&str>) -> Browser {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://127.0.0.1:{port}/ws")
+        let mut request = format!("ws://{addr}/ws")
             .into_client_request()
             .unwrap();
         if let Some(ua) = user_agent {

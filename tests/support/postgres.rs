@@ -27,6 +27,8 @@ pub struct Cluster {
     dir: PathBuf,
     server: Mutex<Option<Server>>,
     durable: bool,
+    /// The network namespace the server runs in, if any.
+    netns: Option<String>,
 }
 
 struct Server {
@@ -97,6 +99,12 @@ impl Cluster {
     /// address) at a free port. `durable` keeps PostgreSQL's default
     /// fsync settings (for benchmarks); otherwise they are off (tests).
     pub fn start(listen: &str, durable: bool) -> Cluster {
+        Cluster::start_in(None, listen, durable)
+    }
+
+    /// [`Cluster::start`] with the server inside network namespace
+    /// `netns` (multi-host tests).
+    pub fn start_in(netns: Option<&str>, listen: &str, durable: bool) -> Cluster {
         let bin = bin_dir();
         let dir = crate::process::temp_dir("pg");
         if is_root() {
@@ -141,6 +149,7 @@ impl Cluster {
             dir,
             server: Mutex::new(None),
             durable,
+            netns: netns.map(String::from),
         };
         cluster.run();
         cluster
@@ -173,14 +182,26 @@ impl Cluster {
         script.push_str(
             " >\"$1/server.log\" 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid",
         );
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "sh", "-c"]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.arg("-c");
-            c
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if is_root() {
+                    c.args(["runuser", "-u", "postgres", "--"]);
+                }
+                c.args(["sh", "-c"]);
+                c
+            }
+            None if is_root() => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--", "sh", "-c"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sh");
+                c.arg("-c");
+                c
+            }
         };
         let mut child = cmd
             .arg(&script)
@@ -233,17 +254,18 @@ impl Cluster {
 
     /// Runs SQL with psql as the superuser in `db`; returns its output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.psql_with(db, &["-c", sql])
+    }
+
+    /// Runs psql as the superuser in `db` with more arguments (`-f FILE`,
+    /// `-v NAME=VALUE`); returns its output.
+    pub fn psql_with(&self, db: &str, args: &[&str]) -> String {
+        let sql = args.join(" ");
+        let port = self.port.to_string();
         let out = Command::new(bin_dir().join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args([
-                "-h",
-                &self.host,
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-d", db, "-c", sql])
+            .args(["-h", &self.host, "-p", &port, "-U", "postgres", "-d", db])
+            .args(args)
             .output()
             .expect("run psql");
         assert!(

@@ -51,6 +51,9 @@ pub enum NotifyError {
     /// gateway may or may not have pushed it (its fate is unknown).
     #[error("connection lost before the answer: {0}")]
     Lost(String),
+    /// No `--notify-addr` for the gateway node of this fd: nothing sent.
+    #[error("no --notify-addr for gateway node {0}")]
+    NoRoute(u32),
     /// No answer in time.
     #[error("gateway did not answer in time")]
     Timeout,
@@ -65,6 +68,7 @@ impl NotifyError {
         match self {
             NotifyError::Refused(e) => e.code(),
             NotifyError::Unreachable(_) => "unreachable",
+            NotifyError::NoRoute(_) => "no_route",
             NotifyError::Lost(_) => "lost",
             NotifyError::Timeout => "timeout",
             NotifyError::BadAnswer => "bad_answer",

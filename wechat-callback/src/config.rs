@@ -57,7 +57,10 @@ pub struct Config {
     #[arg(long, env = "SCAN_LOGIN_WECHAT_API_BASE", default_value = wechat_api::DEFAULT_API_BASE)]
     pub wechat_api_base: String,
 
-    /// ws-gateway's notify bus (its --notify-listen).
+    /// ws-gateway's notify bus (its --notify-listen): `HOST:PORT`, or with
+    /// several gateway nodes a comma-separated list of `N=HOST:PORT` (node N
+    /// is the gateway's --node-id); a bare `HOST:PORT` serves every node
+    /// not listed.
     #[arg(long, env = "SCAN_LOGIN_NOTIFY_ADDR", default_value = "127.0.0.1:9999")]
     pub notify_addr: String,
 
@@ -231,6 +234,8 @@ pub enum ConfigError {
     ShortSecret(&'static str),
     #[error("--{0}: {1}")]
     BadTemplate(&'static str, String),
+    #[error("--notify-addr: {0}")]
+    BadNotifyAddr(String),
     #[error("--forward-url must be an http:// or https:// URL, not `{0}`")]
     BadForwardUrl(String),
 }
@@ -276,7 +281,7 @@ pub struct Settings {
     pub aes_key_previous: Option<AesKey>,
     pub app_id: Option<String>,
     pub api: Option<wechat_api::ApiConfig>,
-    pub notify_addr: String,
+    pub notify_addr: crate::bus_routes::NotifyAddrs,
     pub notify_secret: Option<Secret>,
     pub db: crate::store::Db,
     pub login_token_secret: Option<Secret>,
@@ -389,7 +394,8 @@ impl Config {
             aes_key_previous,
             app_id,
             api,
-            notify_addr: self.notify_addr.clone(),
+            notify_addr: crate::bus_routes::NotifyAddrs::parse(&self.notify_addr)
+                .map_err(ConfigError::BadNotifyAddr)?,
             notify_secret,
             db: crate::store::Db::parse(&self.db),
             login_token_secret,

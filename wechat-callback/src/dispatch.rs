@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::bus::{NotifyKind, ScanNotify};
+use protocol::fd::Fd;
 use protocol::wechat::xml::{Event, Message, MessageKind, QrScan};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -62,8 +63,11 @@ pub struct Unavailable;
 pub enum Progress {
     /// Claiming the event in the store: nothing has happened yet.
     Claiming,
-    /// The work is under way (or another instance has it).
+    /// The work is under way here.
     Working,
+    /// Another instance holds the event's claim (working, or dead: its
+    /// claim is taken over once stale).
+    Elsewhere,
     Done(Result<Reply, Unavailable>),
 }
 
@@ -98,10 +102,22 @@ pub async fn respond(app: &Arc<App>, message: Message) -> Result<Reply, Unavaila
         Ok(Ok(Progress::Done(outcome))) => outcome,
         Ok(_) => Err(Unavailable),
         Err(_) => {
-            if *rx.borrow() == Progress::Claiming {
-                app.metrics.store_errors.inc();
-                warn!("store too slow to claim the event; answering 503 so WeChat retries");
-                return Err(Unavailable);
+            match *rx.borrow() {
+                Progress::Claiming => {
+                    app.metrics.store_errors.inc();
+                    warn!("store too slow to claim the event; answering 503 so WeChat retries");
+                    return Err(Unavailable);
+                }
+                Progress::Elsewhere => {
+                    // `success` would end WeChat's retries while nothing
+                    // is known to be done: if that instance died, its claim
+                    // is taken over once stale and a later retry gets the
+                    // real reply.
+                    app.metrics.retries_answered.inc();
+                    warn!("another instance holds this event; answering 503 so WeChat retries");
+                    return Err(Unavailable);
+                }
+                _ => {}
             }
             app.metrics.deadline_success.inc();
             warn!("reply deadline passed; answering success while the work completes");
@@ -134,7 +150,7 @@ async fn resolve(
                 return Ok(reply);
             }
             Ok(Claim::Pending) => {
-                progress.send_replace(Progress::Working);
+                progress.send_replace(Progress::Elsewhere);
                 if started.elapsed() > POLL_LIMIT {
                     warn!(key, "another handler never finished this event");
                     return Ok(Reply::Success);
@@ -354,7 +370,10 @@ async fn notify(
 ) -> Result<protocol::bus::PageInfo, NotifyError> {
     let t0 = Instant::now();
     let deadline = deadline.max(t0 + app.settings.notify_timeout);
-    let sent = app.bus.notify(request, deadline).await;
+    let sent = match Fd::from_scene(request.fd).and_then(|fd| app.bus.for_fd(fd)) {
+        Some(bus) => bus.notify(request, deadline).await,
+        None => Err(NotifyError::NoRoute(request.fd >> protocol::fd::NODE_SHIFT)),
+    };
     app.metrics.notify_latency.observe(t0.elapsed());
     sent
 }
@@ -462,7 +481,7 @@ async fn not_told(
             app.metrics.notify_refused.inc();
             &app.settings.retry_template
         }
-        NotifyError::Unreachable(_) => {
+        NotifyError::Unreachable(_) | NotifyError::NoRoute(_) => {
             app.metrics.notify_unreachable.inc();
             &app.settings.retry_template
         }

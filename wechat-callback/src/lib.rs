@@ -6,10 +6,11 @@
 //! decryption and reply sealing), [`dispatch`] (dedupe, the login and
 //! confirm flows), [`forward`] (`--forward-url`: the account's own
 //! handler for everything that is not a login), [`single_flight`] (retries joining work in flight),
-//! [`store`] (SQLite or PostgreSQL), [`bus_client`] (notify ws-gateway), [`text`] (names
+//! [`store`] (SQLite or PostgreSQL), [`bus_client`] (notify ws-gateway), [`bus_routes`] (which node), [`text`] (names
 //! and reply templates), [`login_token`] (JWT), [`metrics`].
 
 pub mod bus_client;
+pub mod bus_routes;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
@@ -39,7 +40,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub struct App {
     pub settings: Settings,
     pub store: store::Store,
-    pub bus: bus_client::BusClient,
+    pub bus: bus_routes::BusRoutes,
     pub api: Option<wechat_api::WeChatApi>,
     pub signer: Option<login_token::TokenSigner>,
     pub forwarder: Option<forward::Forwarder>,
@@ -80,7 +81,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         .map(|url| forward::Forwarder::new(url, settings.reply_deadline))
         .transpose()
         .map_err(|e| anyhow::anyhow!("cannot build the --forward-url client: {e}"))?;
-    let bus = bus_client::BusClient::start(settings.notify_addr.clone(), settings.notify_timeout);
+    let bus = bus_routes::BusRoutes::start(&settings.notify_addr, settings.notify_timeout);
     Ok(Arc::new(App {
         settings,
         store,

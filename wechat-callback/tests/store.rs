@@ -327,7 +327,11 @@ async fn concurrent_claims_from_two_processes(b: Backend) {
         all.extend(won);
     }
     let distinct: HashSet<_> = all.iter().collect();
-    assert_eq!(all.len(), 200, "every event claimed once across processes: {all:?}");
+    assert_eq!(
+        all.len(),
+        200,
+        "every event claimed once across processes: {all:?}"
+    );
     assert_eq!(distinct.len(), 200);
     let s = open(&db).await;
     assert_eq!(s.login_count("proc".into()).await.unwrap(), 200);

@@ -80,7 +80,10 @@ pub struct Config {
     /// safe mode (encrypted, with msg_signature) and replies must be too.
     #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
     pub encoding_aes_key: Option<Secret>,
-    /// Where scans are delivered (the account's server URL).
+    /// Where scans are delivered (the account's server URL). A
+    /// comma-separated list stands for a load balancer in front of several
+    /// callback instances: deliveries take turns, and each retry goes to
+    /// the next URL.
     #[arg(
         long,
         env = "SCAN_LOGIN_CALLBACK_URL",
@@ -145,7 +148,9 @@ pub struct Settings {
     pub app_secret: Secret,
     pub token: Secret,
     pub aes_key: Option<AesKey>,
+    /// The first of `callback_urls`.
     pub callback_url: url::Url,
+    pub callback_urls: Vec<url::Url>,
     pub account: String,
     pub nicknames: bool,
     pub callback_timeout: Duration,
@@ -180,10 +185,17 @@ impl Config {
             ),
             _ => None,
         };
-        let callback_url = url::Url::parse(&self.callback_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| ConfigError::BadCallbackUrl(self.callback_url.clone()))?;
+        let callback_urls = self
+            .callback_url
+            .split(',')
+            .map(|one| {
+                url::Url::parse(one.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .ok_or_else(|| ConfigError::BadCallbackUrl(one.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let callback_url = callback_urls[0].clone();
         if self.callback_timeout_ms == 0 {
             return Err(ConfigError::Zero("callback-timeout-ms"));
         }
@@ -199,6 +211,7 @@ impl Config {
             token,
             aes_key,
             callback_url,
+            callback_urls,
             account: self.account.clone(),
             nicknames: self.nicknames,
             callback_timeout: Duration::from_millis(self.callback_timeout_ms),

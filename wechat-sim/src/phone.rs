@@ -101,7 +101,10 @@ const MAX_CONTENT_BYTES: usize = 2048;
 /// One callback request, sent the same way on every attempt.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The first callback URL with the signed query.
     pub url: url::Url,
+    /// Every callback URL with the same query (`url` first).
+    pub urls: Vec<url::Url>,
     pub body: String,
     pub encrypted: bool,
 }
@@ -353,6 +356,7 @@ pub fn prepare(settings: &Settings, xml: &str, openid: &str, now: i64) -> Delive
     }
     match &settings.aes_key {
         None => Delivery {
+            urls: same_query(&settings.callback_urls, &url),
             url,
             body: xml.to_string(),
             encrypted: false,
@@ -365,6 +369,7 @@ pub fn prepare(settings: &Settings, xml: &str, openid: &str, now: i64) -> Delive
                 .append_pair("encrypt_type", "aes")
                 .append_pair("msg_signature", &msg_signature);
             Delivery {
+                urls: same_query(&settings.callback_urls, &url),
                 url,
                 body: encrypted_post(&settings.account, &encrypt),
                 encrypted: true,
@@ -373,17 +378,39 @@ pub fn prepare(settings: &Settings, xml: &str, openid: &str, now: i64) -> Delive
     }
 }
 
+/// `urls`, each with `signed`'s query.
+fn same_query(urls: &[url::Url], signed: &url::Url) -> Vec<url::Url> {
+    urls.iter()
+        .map(|u| {
+            let mut u = u.clone();
+            u.set_query(signed.query());
+            u
+        })
+        .collect()
+}
+
+/// Which callback URL the next delivery starts at (round robin).
+static NEXT_URL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Sends the request until it gets an answer that is not 5xx, at most
-/// `1 + callback_retries` times, each within `callback_timeout`.
+/// `1 + callback_retries` times, each within `callback_timeout`; with
+/// several callback URLs, deliveries take turns and each retry goes to
+/// the next one.
 pub async fn deliver(state: &SimState, delivery: &Delivery) -> Delivered {
     let timeout = state.settings.callback_timeout;
     let max_attempts = state.settings.callback_retries.saturating_add(1);
     let mut outcome = Outcome::Timeout;
     let mut attempts = 0;
+    let start = NEXT_URL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     while attempts < max_attempts {
+        let n = delivery.urls.len().max(1);
+        let url = delivery
+            .urls
+            .get((start + attempts as usize) % n)
+            .unwrap_or(&delivery.url);
         attempts += 1;
         state.stats.callback_attempts.inc();
-        outcome = attempt(&state.http, delivery, timeout).await;
+        outcome = attempt(&state.http, url, delivery, timeout).await;
         match &outcome {
             Outcome::Answered { status, .. } if *status < 500 => break,
             other => {
@@ -394,10 +421,15 @@ pub async fn deliver(state: &SimState, delivery: &Delivery) -> Delivered {
     Delivered { attempts, outcome }
 }
 
-async fn attempt(http: &reqwest::Client, delivery: &Delivery, timeout: Duration) -> Outcome {
+async fn attempt(
+    http: &reqwest::Client,
+    url: &url::Url,
+    delivery: &Delivery,
+    timeout: Duration,
+) -> Outcome {
     let send = async {
         let mut resp = http
-            .post(delivery.url.clone())
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "text/xml")
             .body(delivery.body.clone())
             .send()

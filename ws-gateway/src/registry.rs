@@ -25,6 +25,14 @@
 //! as failed, and the bus answers `no_such_client`: a login is never
 //! counted for a page that did not get it.
 //!
+//! **Re-push.** A login whose bus line was written but whose answer never
+//! reached the callback (the callback instance died) is retried by
+//! another instance with the same ticket and openid. The ticket is spent
+//! by then, so the registry remembers who spent it (a digest of the
+//! openid, in a side map holding only logged-in pages, so an idle entry
+//! stays small): the same ticket with the same openid is pushed again and
+//! answered `ok` once written; any other openid gets `ticket_mismatch`.
+//!
 //! **fd reuse.** A closed connection whose code can still be scanned
 //! leaves a tombstone until that code's expiry plus [`TOMBSTONE_GRACE`];
 //! drawing skips live fds and live tombstones, so a late scan event can
@@ -74,6 +82,9 @@ pub struct Registry {
     node: u8,
     /// Tombstone times are milliseconds since this instant.
     epoch: Instant,
+    /// Who spent each spent ticket (digest of the openid), for re-pushes.
+    /// Locked after a shard, never before.
+    spent_by: Mutex<HashMap<u32, TicketDigest, BuildHasherDefault<FdHasher>>>,
 }
 
 #[repr(align(64))]
@@ -164,6 +175,7 @@ impl Registry {
             shards: (0..SHARDS).map(|_| Shard(Mutex::default())).collect(),
             node,
             epoch: Instant::now(),
+            spent_by: Mutex::default(),
         }
     }
 
@@ -235,7 +247,9 @@ impl Registry {
     pub fn set_code(&self, fd: u32, ticket: &str, scannable_until: Instant) {
         if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
             e.ticket = Some(digest(ticket));
-            e.spent = false;
+            if std::mem::take(&mut e.spent) {
+                self.forget_spender(fd);
+            }
             let until_ms = self.until_ms(scannable_until + TOMBSTONE_GRACE);
             e.reserved_until_ms = e.reserved_until_ms.max(until_ms);
         }
@@ -288,6 +302,11 @@ impl Registry {
         ticket: Option<&str>,
         frame: ServerFrame,
     ) -> Result<Pushed, BusError> {
+        // The openid of a login: a spent ticket is pushed again for it.
+        let spender = match &frame {
+            ServerFrame::ScanSuccess { openid, .. } if !openid.is_empty() => Some(digest(openid)),
+            _ => None,
+        };
         let spends = matches!(frame, ServerFrame::ScanSuccess { .. });
         // Hashed before the lock is taken.
         let wanted = ticket.map(digest);
@@ -295,19 +314,22 @@ impl Registry {
         let Some(Slot::Live(e)) = shard.get_mut(&fd) else {
             return Err(BusError::NoSuchClient);
         };
-        if let Some(wanted) = &wanted
-            && (e.spent
-                || !e
-                    .ticket
-                    .is_some_and(|current| bool::from(current.ct_eq(wanted))))
-        {
-            return Err(BusError::TicketMismatch);
+        if let Some(wanted) = &wanted {
+            let current = e
+                .ticket
+                .is_some_and(|current| bool::from(current.ct_eq(wanted)));
+            if !current || (e.spent && !self.spent_by_same(fd, spender.as_ref())) {
+                return Err(BusError::TicketMismatch);
+            }
         }
         if e.queue.as_ref().map_or(0, |q| q.len()) >= PUSH_QUEUE_CAPACITY {
             return Err(BusError::ClientBusy);
         }
-        if ticket.is_some() && spends {
+        if ticket.is_some() && spends && !e.spent {
             e.spent = true;
+            if let Some(who) = spender {
+                self.spenders().insert(fd, who);
+            }
         }
         let (receipt, verdict) = delivery::pair();
         e.queue
@@ -322,6 +344,24 @@ impl Registry {
         })
     }
 
+    fn spenders(&self) -> MutexGuard<'_, HashMap<u32, TicketDigest, BuildHasherDefault<FdHasher>>> {
+        self.spent_by.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `fd`'s spent ticket was spent for this openid digest.
+    fn spent_by_same(&self, fd: u32, spender: Option<&TicketDigest>) -> bool {
+        let Some(spender) = spender else {
+            return false;
+        };
+        self.spenders()
+            .get(&fd)
+            .is_some_and(|who| bool::from(who.ct_eq(spender)))
+    }
+
+    fn forget_spender(&self, fd: u32) {
+        self.spenders().remove(&fd);
+    }
+
     /// Unregisters `fd`: it becomes a tombstone while its last code can
     /// still be scanned, else it is freed. Returns pushes that were still
     /// waiting (dropping them tells their bus lines `no_such_client`).
@@ -330,6 +370,9 @@ impl Registry {
         let Some(Slot::Live(e)) = shard.remove(&fd) else {
             return Vec::new();
         };
+        if e.spent {
+            self.forget_spender(fd);
+        }
         if e.reserved_until_ms > self.now_ms(now) {
             shard.insert(
                 fd,
@@ -592,6 +635,48 @@ mod tests {
         r.set_code(fd, "t2", now + Duration::from_secs(60));
         assert_eq!(push(&r, fd, Some("t2"), scan("c")), Ok(()));
         assert_eq!(push(&r, 99, None, scan("x")), Err(BusError::NoSuchClient));
+    }
+
+    fn login(openid: &str) -> ServerFrame {
+        ServerFrame::ScanSuccess {
+            user: "A".into(),
+            openid: openid.into(),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn a_spent_ticket_is_pushed_again_for_the_same_user_only() {
+        let r = Registry::new();
+        let now = Instant::now();
+        let fd = r.register_with(now, seq(&[3])).unwrap();
+        r.set_code(fd, "t1", now + Duration::from_secs(60));
+        assert_eq!(push(&r, fd, Some("t1"), login("o-alice")), Ok(()));
+        // The callback that sent it died; another instance retries.
+        assert_eq!(push(&r, fd, Some("t1"), login("o-alice")), Ok(()));
+        assert_eq!(
+            push(&r, fd, Some("t1"), login("o-mallory")),
+            Err(BusError::TicketMismatch)
+        );
+        // A login without an openid is never a re-push.
+        assert_eq!(
+            push(&r, fd, Some("t1"), login("")),
+            Err(BusError::TicketMismatch)
+        );
+        assert_eq!(r.take_pushes(fd).len(), 2);
+        // A new code forgets who spent the old one.
+        r.set_code(fd, "t2", now + Duration::from_secs(60));
+        assert_eq!(
+            push(&r, fd, Some("t1"), login("o-alice")),
+            Err(BusError::TicketMismatch)
+        );
+        assert!(r.spenders().is_empty());
+        assert_eq!(push(&r, fd, Some("t2"), login("o-bob")), Ok(()));
+        r.remove(fd, now);
+        assert!(
+            r.spenders().is_empty(),
+            "a closed page leaves nothing behind"
+        );
     }
 
     /// A waker that counts its wake-ups.
