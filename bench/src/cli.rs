@@ -158,6 +158,12 @@ pub struct LoginArgs {
     /// Callback modes: `plain`, `safe` (AES, shared EncodingAESKey).
     #[arg(long, value_delimiter = ',', default_value = "plain,safe")]
     pub login_modes: Vec<LoginMode>,
+    /// The callback's stores, one stack each, in this order: `sqlite` (a
+    /// file in the work dir), `postgres` (a throwaway cluster with the
+    /// distribution's default durability, on loopback), or a
+    /// `postgres://` URL of an existing database.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite")]
+    pub db: Vec<String>,
 }
 
 /// How a callback POST is wrapped.

@@ -49,6 +49,7 @@ pub struct LoginParams {
     pub saturated: usize,
     pub concurrency: usize,
     pub modes: Vec<LoginMode>,
+    pub dbs: Vec<String>,
 }
 
 impl LoginParams {
@@ -61,6 +62,7 @@ impl LoginParams {
                 .unwrap_or(if tiny { 200 } else { 10_000 }),
             concurrency: args.login_concurrency.max(1),
             modes: args.login_modes.clone(),
+            dbs: args.db.clone(),
         }
     }
 }
@@ -111,6 +113,7 @@ pub async fn run(env: &Env, p: &LoginParams, report: &mut Report) -> anyhow::Res
             "saturated_logins": p.saturated,
             "saturated_concurrency": p.concurrency,
             "modes": p.modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "stores": p.dbs,
             "ticket": "each login has its own page and carries its real QR ticket",
         }),
     );
@@ -128,28 +131,52 @@ pub async fn run(env: &Env, p: &LoginParams, report: &mut Report) -> anyhow::Res
         }
     }
     let p = &p;
-    let keys = Keys::random()?;
-    let stack = Stack::start(
-        env,
-        &StackOptions {
-            max_connections: p.paced.max(p.saturated) + 64,
-            encoding_aes_key: Some(keys.encoding_aes_key.clone()),
-            ..StackOptions::default()
-        },
-    )
-    .await?;
-    let result = measure(env, &stack, &keys, p, report).await;
-    for w in stack.stop().await {
-        report.note(w);
+    for db in &p.dbs {
+        // A throwaway cluster lives as long as its stack.
+        let (url, cluster, prefix) = match db.as_str() {
+            "sqlite" => (None, None, String::new()),
+            "postgres" => {
+                let c = tokio::task::spawn_blocking(|| {
+                    e2e::postgres::Cluster::start("127.0.0.1", true)
+                })
+                .await?;
+                let url = c.fresh_database("bench");
+                (Some(url), Some(c), "postgres.".to_string())
+            }
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (Some(url.to_string()), None, "postgres.".to_string())
+            }
+            other => bail!("--db {other}: expected sqlite, postgres or a postgres:// URL"),
+        };
+        let keys = Keys::random()?;
+        let stack = Stack::start(
+            env,
+            &StackOptions {
+                max_connections: p.paced.max(p.saturated) + 64,
+                encoding_aes_key: Some(keys.encoding_aes_key.clone()),
+                db: url,
+                ..StackOptions::default()
+            },
+        )
+        .await?;
+        println!("login: store {db}");
+        let result = measure(env, &stack, &keys, p, &prefix, report).await;
+        for w in stack.stop().await {
+            report.note(w);
+        }
+        drop(cluster);
+        result?;
     }
-    result
+    Ok(())
 }
 
+/// Runs every mode's variants; labels are `login.{prefix}{mode}.…`.
 async fn measure(
     env: &Env,
     stack: &Stack,
     keys: &Keys,
     p: &LoginParams,
+    prefix: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     println!(
@@ -186,7 +213,7 @@ async fn measure(
         if p.paced > 0 && p.rate > 0.0 {
             let p99 = if plain { at_most(10.0) } else { None };
             variants.push((
-                format!("login.{m}.paced_{}", p.rate),
+                format!("login.{prefix}{m}.paced_{}", p.rate),
                 p.paced,
                 Load::Paced(p.rate),
                 None,
@@ -196,7 +223,7 @@ async fn measure(
         if p.saturated > 0 {
             let rate = if plain { at_least(5_000.0) } else { None };
             variants.push((
-                format!("login.{m}.saturated_{}", p.concurrency),
+                format!("login.{prefix}{m}.saturated_{}", p.concurrency),
                 p.saturated,
                 Load::Closed(p.concurrency),
                 rate,

@@ -264,6 +264,8 @@ pub struct StackOptions {
     pub qr_expire_seconds: Option<u32>,
     /// EncodingAESKey for the callback (safe mode accepted when set).
     pub encoding_aes_key: Option<String>,
+    /// The callback's `--db` (a fresh SQLite file when `None`).
+    pub db: Option<String>,
 }
 
 /// The three daemons, wired to each other.
@@ -332,7 +334,14 @@ impl Stack {
         let mut gateway = Daemon::spawn(env, "ws-gateway", &gw_args)?;
         gateway.wait_healthy(gateway_addr).await?;
 
-        let db = env.work_dir.join(format!("callback-{}.db", env.next_id()));
+        let db = match &opts.db {
+            Some(url) => url.clone(),
+            None => env
+                .work_dir
+                .join(format!("callback-{}.db", env.next_id()))
+                .to_string_lossy()
+                .into_owned(),
+        };
         let mut cb_args = strings(&[
             "--listen",
             &callback_addr.to_string(),
@@ -347,7 +356,7 @@ impl Stack {
             "--notify-addr",
             &notify_addr.to_string(),
             "--db",
-            &db.to_string_lossy(),
+            &db,
         ]);
         if let Some(k) = &opts.encoding_aes_key {
             // Plain and safe logins against one callback: the console's

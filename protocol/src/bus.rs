@@ -192,6 +192,12 @@ pub struct ScanNotify {
     /// The shared `--notify-secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// A callback instance retrying a login another instance may already
+    /// have pushed (it took over that instance's stale claim): a ticket
+    /// already spent by this same `openid` is pushed again instead of
+    /// answered `ticket_mismatch`. Any other openid is still refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
 }
 
 /// The shape a request line is first read into, so an unknown `type` is told
@@ -210,6 +216,8 @@ struct RawRequest {
     ticket: Option<String>,
     #[serde(default)]
     secret: Option<String>,
+    #[serde(default)]
+    resend: Option<bool>,
 }
 
 impl ScanNotify {
@@ -241,6 +249,7 @@ impl ScanNotify {
             token: raw.token,
             ticket: raw.ticket,
             secret: raw.secret,
+            resend: raw.resend.unwrap_or(false),
         })
     }
 
@@ -458,6 +467,7 @@ mod tests {
             token: None,
             ticket: Some("a+b/c=".into()),
             secret: Some("s".into()),
+            resend: true,
         };
         let line = n.to_line();
         assert_eq!(line.last(), Some(&b'\n'));

@@ -235,3 +235,88 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
     let mut page = stack.browser().await;
     scan_in_time(&stack, &mut page, "oBurstAfter0000000000000000").await;
 }
+
+/// A callback instance pushed a login and died before recording it.
+/// WeChat's retry reaches another instance, which takes the stale claim
+/// over and resends the line (`resend`): the gateway pushes the spent
+/// ticket again for the same openid, so the login is counted exactly once
+/// and the user reads the success reply, not "scan again". Another
+/// openid's resend of that ticket is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_pushed_by_an_instance_that_died_is_counted_once_by_the_next() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let pg = e2e::postgres::cluster();
+    let url = pg.fresh_database("takeover");
+    let db = url
+        .rsplit_once('/')
+        .and_then(|(_, rest)| rest.split('?').next())
+        .unwrap()
+        .to_string();
+    let stack = Stack::start(Options {
+        db_url: Some(url),
+        gateway_extra: vec!["--notify-require-ticket".into()],
+        ..Options::default()
+    })
+    .await;
+    let mut page = stack.browser().await;
+    let fd = stack.fd_of(&page.ticket).await;
+    let openid = "o-takeover";
+    let created = e2e::wechat::now();
+    let body = e2e::wechat::scan_event(openid, fd, &page.ticket, true, created);
+    let key = protocol::wechat::xml::Message::parse(body.as_bytes())
+        .unwrap()
+        .dedupe_key();
+
+    // The instance that died: it claimed the event a minute ago ...
+    pg.psql(
+        &db,
+        &format!(
+            "INSERT INTO events(key, state, claimed_at) VALUES ('{key}', 0, {})",
+            created - 60
+        ),
+    );
+    // ... and pushed the login before it could record it.
+    let bus = tokio::net::TcpStream::connect(("127.0.0.1", stack.notify_port))
+        .await
+        .unwrap();
+    let (r, mut w) = bus.into_split();
+    let mut answers = BufReader::new(r).lines();
+    let mut ask = async |line: Value| {
+        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        answers.next_line().await.unwrap().unwrap()
+    };
+    let pushed = json!({"type": "scan", "fd": fd, "nickname": "Dead", "openid": openid,
+        "ticket": page.ticket});
+    assert_eq!(ask(pushed).await, r#"{"ok":true}"#);
+    page.wait_for("scan_success", Duration::from_secs(5)).await;
+    // Someone else cannot use the resend door.
+    let other = json!({"type": "scan", "fd": fd, "nickname": "M", "openid": "o-mallory",
+        "ticket": page.ticket, "resend": true});
+    assert_eq!(
+        ask(other).await,
+        r#"{"ok":false,"error":"ticket_mismatch"}"#
+    );
+
+    // WeChat's retry reaches the surviving instance.
+    let query = e2e::wechat::signed_query(crate::stack::TOKEN, e2e::wechat::now());
+    let resp = stack
+        .http
+        .post(format!("{}/wechat?{query}", stack.callback_url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reply = resp.text().await.unwrap();
+    assert!(reply.contains("login successful"), "{reply}");
+    let again = page.wait_for("scan_success", Duration::from_secs(5)).await;
+    assert_eq!(again["openid"], openid);
+    assert_eq!(
+        pg.psql(
+            &db,
+            &format!("SELECT login_count FROM users WHERE openid = '{openid}'")
+        ),
+        "1"
+    );
+}

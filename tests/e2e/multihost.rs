@@ -113,16 +113,21 @@ impl Net {
     fn namespaces(&mut self, tag: &str, subnet: &str, n: usize) -> Result<(), String> {
         let bridge = format!("wslbr{tag}");
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        self.cleanup.push(vec!["link".into(), "del".into(), bridge.clone()]);
+        self.cleanup
+            .push(vec!["link".into(), "del".into(), bridge.clone()]);
         ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
         for i in 0..n {
             let ns = format!("wsl-{tag}-h{i}");
             let (outer, inner) = (format!("wsl{tag}{i}a"), format!("wsl{tag}{i}b"));
             ip(&["netns", "add", &ns])?;
-            self.cleanup.push(vec!["netns".into(), "del".into(), ns.clone()]);
-            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
-            self.cleanup.push(vec!["link".into(), "del".into(), outer.clone()]);
+            self.cleanup
+                .push(vec!["netns".into(), "del".into(), ns.clone()]);
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            self.cleanup
+                .push(vec!["link".into(), "del".into(), outer.clone()]);
             ip(&["link", "set", &inner, "netns", &ns])?;
             ip(&["link", "set", &outer, "master", &bridge])?;
             ip(&["link", "set", &outer, "up"])?;
@@ -196,7 +201,10 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
     let pg = tokio::task::spawn_blocking(move || Cluster::start_in(ns.as_deref(), &listen, false))
         .await
         .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/postgres/scan-login.sql");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/postgres/scan-login.sql"
+    );
     pg.psql_with(
         "postgres",
         &["-v", &format!("password={DB_PASSWORD}"), "-f", script],
@@ -295,7 +303,10 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
     pages.extend(open_pages(&gw(h2), 6, "b").await);
     for (i, (b, _)) in pages.iter().enumerate() {
         let v: Value = http
-            .get(format!("{sim_url}/sim/tickets/{}", e2e::wechat::percent_encode(&b.ticket)))
+            .get(format!(
+                "{sim_url}/sim/tickets/{}",
+                e2e::wechat::percent_encode(&b.ticket)
+            ))
             .send()
             .await
             .unwrap()
@@ -303,7 +314,11 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
             .await
             .unwrap();
         let fd = v["scene_id"].as_u64().unwrap();
-        assert_eq!(fd >> 27, (i / 6) as u64, "page {i} fd {fd} is on its gateway's node");
+        assert_eq!(
+            fd >> 27,
+            (i / 6) as u64,
+            "page {i} fd {fd} is on its gateway's node"
+        );
     }
     let answers = scan_all(&http, &sim_url, &pages).await;
     for a in &answers {
@@ -317,7 +332,9 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
     let victim = cbs[2].pid();
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let _ = Command::new("kill").args(["-KILL", &victim.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status();
     });
     let answers = scan_all(&http, &sim_url, &burst).await;
     killer.await.unwrap();
@@ -327,9 +344,15 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
         .iter()
         .filter(|a| a["attempts"].as_u64().unwrap_or(0) > 1)
         .count();
-    println!("burst: {} scans, {retried} delivered after a retry", answers.len());
+    println!(
+        "burst: {} scans, {retried} delivered after a retry",
+        answers.len()
+    );
     // A third of the deliveries start at the killed instance.
-    assert!(retried > 0, "some deliveries were retried elsewhere: {answers:?}");
+    assert!(
+        retried > 0,
+        "some deliveries were retried elsewhere: {answers:?}"
+    );
 
     // Exactly once, per user, in PostgreSQL.
     let rows = pg.psql(

@@ -25,6 +25,8 @@ pub struct Options {
     pub sim_callback_timeout_ms: Option<u64>,
     pub callback_extra: Vec<String>,
     pub gateway_extra: Vec<String>,
+    /// The callback's `--db` (a fresh SQLite file when `None`).
+    pub db_url: Option<String>,
 }
 
 /// The three daemons, wired together.
@@ -84,7 +86,10 @@ impl Stack {
             s("--notify-addr"),
             format!("127.0.0.1:{notify_port}"),
             s("--db"),
-            db.display().to_string(),
+            options
+                .db_url
+                .clone()
+                .unwrap_or_else(|| db.display().to_string()),
         ];
         if options.safe_mode {
             cb_args.extend([s("--encoding-aes-key"), s(AES_KEY)]);
@@ -245,9 +250,7 @@ impl Browser {
     /// [`Browser::connect_as`] to a gateway at `addr` (`host:port`).
     pub async fn connect_to(addr: &str, user_agent: Option<&str>) -> Browser {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://{addr}/ws")
-            .into_client_request()
-            .unwrap();
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
         if let Some(ua) = user_agent {
             request
                 .headers_mut()

@@ -318,6 +318,7 @@ mod tests {
             token: None,
             ticket: None,
             secret: None,
+            resend: false,
         }
     }
 

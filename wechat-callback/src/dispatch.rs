@@ -136,9 +136,20 @@ async fn resolve(
     let deadline = started + app.settings.reply_deadline.saturating_sub(REPLY_MARGIN);
     loop {
         match app.store.claim(key.to_string()).await {
-            Ok(Claim::Claimed) => {
+            Ok(claim @ (Claim::Claimed | Claim::TakenOver)) => {
                 progress.send_replace(Progress::Working);
-                return handle(app, key, &message, deadline).await.map_err(|e| {
+                let work = Work {
+                    key,
+                    deadline,
+                    resend: claim == Claim::TakenOver,
+                };
+                if work.resend {
+                    warn!(
+                        key,
+                        "took over an event another instance claimed and never finished"
+                    );
+                }
+                return handle(app, &work, &message).await.map_err(|e| {
                     app.metrics.store_errors.inc();
                     warn!(cause = %e, "store error while handling a callback; answering 503");
                     Unavailable
@@ -166,15 +177,21 @@ async fn resolve(
     }
 }
 
-/// Does the event's work; the caller holds the claim.
-async fn handle(
-    app: &Arc<App>,
-    key: &str,
-    message: &Message,
+/// An event being handled under this instance's claim.
+struct Work<'a> {
+    key: &'a str,
+    /// When the reply is due (less [`REPLY_MARGIN`]).
     deadline: Instant,
-) -> Result<Reply, StoreError> {
+    /// The claim was taken over from an instance that may have pushed
+    /// the login before it died: bus lines go out marked `resend`.
+    resend: bool,
+}
+
+/// Does the event's work; the caller holds the claim.
+async fn handle(app: &Arc<App>, work: &Work<'_>, message: &Message) -> Result<Reply, StoreError> {
+    let key = work.key;
     if let Some(scan) = message.login_scan() {
-        return on_scan(app, key, message, scan, deadline).await;
+        return on_scan(app, work, message, scan).await;
     }
     let reply = match &message.kind {
         MessageKind::Event(Event::Unsubscribe) => {
@@ -182,7 +199,7 @@ async fn handle(
             Reply::Success
         }
         MessageKind::Text { content } if app.settings.confirm_login => {
-            match on_text_while_confirming(app, key, message, content, deadline).await? {
+            match on_text_while_confirming(app, work, message, content).await? {
                 Some(reply) => return Ok(reply),
                 None => default_text_reply(app),
             }
@@ -238,10 +255,9 @@ fn default_text_reply(app: &App) -> Reply {
 /// text is an ordinary message. A confirmed login stores its own reply.
 async fn on_text_while_confirming(
     app: &Arc<App>,
-    key: &str,
+    work: &Work<'_>,
     message: &Message,
     content: &str,
-    deadline: Instant,
 ) -> Result<Option<Reply>, StoreError> {
     let confirming = content.trim() == "1";
     let taken = app.store.take_pending(message.from_user.clone()).await?;
@@ -252,7 +268,7 @@ async fn on_text_while_confirming(
                 unionid: p.unionid.clone(),
                 display_name: p.display_name.clone(),
             };
-            let reply = complete_login(app, key, p.fd, p.ticket, user, deadline).await?;
+            let reply = complete_login(app, work, p.fd, p.ticket, user).await?;
             return Ok(Some(reply));
         }
         (true, Taken::Expired | Taken::None) => Reply::Text(NOTHING_TO_CONFIRM.to_string()),
@@ -289,11 +305,11 @@ async fn look_up(app: &App, openid: &str) -> Option<UserInfo> {
 /// A QR scan: log in at once, or with `--confirm-login` ask first.
 async fn on_scan(
     app: &Arc<App>,
-    key: &str,
+    work: &Work<'_>,
     message: &Message,
     scan: QrScan,
-    deadline: Instant,
 ) -> Result<Reply, StoreError> {
+    let (key, deadline) = (work.key, work.deadline);
     let openid = message.from_user.as_str();
     let info = look_up(app, openid).await;
     let user = UserRecord {
@@ -309,7 +325,7 @@ async fn on_scan(
         ),
     };
     if !app.settings.confirm_login {
-        return complete_login(app, key, scan.scene, scan.ticket, user, deadline).await;
+        return complete_login(app, work, scan.scene, scan.ticket, user).await;
     }
     let request = ScanNotify {
         kind: NotifyKind::Scanned,
@@ -319,6 +335,8 @@ async fn on_scan(
         token: None,
         ticket: scan.ticket.clone(),
         secret: bus_secret(app),
+        // `scanned` spends nothing: nothing to resend.
+        resend: false,
     };
     match notify(app, &request, deadline).await {
         Ok(page) => {
@@ -382,12 +400,12 @@ async fn notify(
 /// login and stores the reply.
 async fn complete_login(
     app: &Arc<App>,
-    key: &str,
+    work: &Work<'_>,
     fd: u32,
     ticket: Option<String>,
     user: UserRecord,
-    deadline: Instant,
 ) -> Result<Reply, StoreError> {
+    let (key, deadline) = (work.key, work.deadline);
     let started = Instant::now();
     let name = user.display_name.clone();
     let token = app.signer.as_ref().and_then(|s| {
@@ -412,6 +430,7 @@ async fn complete_login(
         token,
         ticket,
         secret: bus_secret(app),
+        resend: work.resend,
     };
     if let Err(e) = notify(app, &request, deadline).await {
         return not_told(app, key, fd, user, e).await;

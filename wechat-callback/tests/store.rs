@@ -230,10 +230,11 @@ async fn a_dead_handlers_claim_is_taken_over_and_counted_once(b: Backend) {
     let (x, y) = tokio::join!(survivor.claim("k".into()), third.claim("k".into()));
     let claims = [x.unwrap(), y.unwrap()];
     assert_eq!(
-        claims.iter().filter(|c| **c == Claim::Claimed).count(),
+        claims.iter().filter(|c| **c == Claim::TakenOver).count(),
         1,
         "{claims:?}"
     );
+    assert_eq!(claims.iter().filter(|c| **c == Claim::Pending).count(), 1);
     let got = survivor
         .record_login("k".into(), user("o"), |n| n.to_string())
         .await

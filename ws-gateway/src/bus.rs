@@ -347,6 +347,7 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
         token,
         ticket,
         secret,
+        resend,
     } = match ScanNotify::parse(line) {
         Ok(n) => n,
         Err(e) => return Outcome::Now(Err(e)),
@@ -370,7 +371,7 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
         },
         NotifyKind::Scanned => ServerFrame::Scanned { user: nickname },
     };
-    match gw.registry.push(fd, ticket.as_deref(), frame) {
+    match gw.registry.push(fd, ticket.as_deref(), resend, frame) {
         Ok(pushed) => Outcome::Delivery(Delivery {
             kind,
             fd,

@@ -27,11 +27,12 @@
 //!
 //! **Re-push.** A login whose bus line was written but whose answer never
 //! reached the callback (the callback instance died) is retried by
-//! another instance with the same ticket and openid. The ticket is spent
-//! by then, so the registry remembers who spent it (a digest of the
-//! openid, in a side map holding only logged-in pages, so an idle entry
-//! stays small): the same ticket with the same openid is pushed again and
-//! answered `ok` once written; any other openid gets `ticket_mismatch`.
+//! another instance with the same ticket and openid, marked `resend`. The
+//! ticket is spent by then, so the registry remembers who spent it (a
+//! digest of the openid, in a side map holding only logged-in pages, so an
+//! idle entry stays small): a `resend` of the same ticket for the same
+//! openid is pushed again and answered `ok` once written; without
+//! `resend`, or for any other openid, it is `ticket_mismatch`.
 //!
 //! **fd reuse.** A closed connection whose code can still be scanned
 //! leaves a tombstone until that code's expiry plus [`TOMBSTONE_GRACE`];
@@ -300,6 +301,7 @@ impl Registry {
         &self,
         fd: u32,
         ticket: Option<&str>,
+        resend: bool,
         frame: ServerFrame,
     ) -> Result<Pushed, BusError> {
         // The openid of a login: a spent ticket is pushed again for it.
@@ -318,7 +320,7 @@ impl Registry {
             let current = e
                 .ticket
                 .is_some_and(|current| bool::from(current.ct_eq(wanted)));
-            if !current || (e.spent && !self.spent_by_same(fd, spender.as_ref())) {
+            if !current || (e.spent && !(resend && self.spent_by_same(fd, spender.as_ref()))) {
                 return Err(BusError::TicketMismatch);
             }
         }
@@ -479,7 +481,11 @@ mod tests {
         ticket: Option<&str>,
         frame: ServerFrame,
     ) -> Result<(), BusError> {
-        r.push(fd, ticket, frame).map(drop)
+        r.push(fd, ticket, false, frame).map(drop)
+    }
+
+    fn resend(r: &Registry, fd: u32, ticket: &str, frame: ServerFrame) -> Result<(), BusError> {
+        r.push(fd, Some(ticket), true, frame).map(drop)
     }
 
     #[tokio::test(start_paused = true)]
@@ -492,7 +498,12 @@ mod tests {
         let soon = || tokio::time::Instant::now() + delivery::PATIENCE;
         // `scanned` spends nothing and carries the page's answer.
         let scanned = r
-            .push(fd, Some("t"), ServerFrame::Scanned { user: "a".into() })
+            .push(
+                fd,
+                Some("t"),
+                false,
+                ServerFrame::Scanned { user: "a".into() },
+            )
             .unwrap();
         assert_eq!(scanned.page.as_deref(), Some(&b"page"[..]));
         let mut push = r.take_pushes(fd).remove(0);
@@ -503,7 +514,7 @@ mod tests {
             delivery::Delivered::Written
         );
         // A push the page never got is reported as not written.
-        let lost = r.push(fd, Some("t"), scan("a")).unwrap().verdict;
+        let lost = r.push(fd, Some("t"), false, scan("a")).unwrap().verdict;
         assert_eq!(r.remove(fd, now).len(), 1);
         assert_eq!(lost.wait(soon()).await, delivery::Delivered::Gone);
     }
@@ -652,22 +663,27 @@ mod tests {
         let fd = r.register_with(now, seq(&[3])).unwrap();
         r.set_code(fd, "t1", now + Duration::from_secs(60));
         assert_eq!(push(&r, fd, Some("t1"), login("o-alice")), Ok(()));
-        // The callback that sent it died; another instance retries.
-        assert_eq!(push(&r, fd, Some("t1"), login("o-alice")), Ok(()));
+        // The same line again is refused: the code logs nobody in again.
         assert_eq!(
-            push(&r, fd, Some("t1"), login("o-mallory")),
+            push(&r, fd, Some("t1"), login("o-alice")),
             Err(BusError::TicketMismatch)
         );
-        // A login without an openid is never a re-push.
+        // The callback that sent it died; another instance resends it.
+        assert_eq!(resend(&r, fd, "t1", login("o-alice")), Ok(()));
         assert_eq!(
-            push(&r, fd, Some("t1"), login("")),
+            resend(&r, fd, "t1", login("o-mallory")),
+            Err(BusError::TicketMismatch)
+        );
+        // A login without an openid is never resent.
+        assert_eq!(
+            resend(&r, fd, "t1", login("")),
             Err(BusError::TicketMismatch)
         );
         assert_eq!(r.take_pushes(fd).len(), 2);
         // A new code forgets who spent the old one.
         r.set_code(fd, "t2", now + Duration::from_secs(60));
         assert_eq!(
-            push(&r, fd, Some("t1"), login("o-alice")),
+            resend(&r, fd, "t1", login("o-alice")),
             Err(BusError::TicketMismatch)
         );
         assert!(r.spenders().is_empty());

@@ -105,6 +105,10 @@ pub enum StoreError {
 pub enum Claim {
     /// This caller handles the event.
     Claimed,
+    /// This caller handles the event, taken over from a handler that
+    /// claimed it [`STALE_CLAIM`] ago and never finished (it may have
+    /// pushed the login before it died).
+    TakenOver,
     /// Already handled; the stored reply.
     Done(Reply),
     /// Another handler is on it.

@@ -268,7 +268,7 @@ impl Postgres {
                 .await?;
             let took = client.execute(&take, &[&key, &now, &claimed_at]).await?;
             Ok(if took == 1 {
-                Claim::Claimed
+                Claim::TakenOver
             } else {
                 Claim::Pending
             })

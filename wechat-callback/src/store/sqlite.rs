@@ -157,7 +157,7 @@ impl Sqlite {
                         )?
                         .execute(params![key, now, claimed_at])?;
                     Ok(if took == 1 {
-                        Claim::Claimed
+                        Claim::TakenOver
                     } else {
                         Claim::Pending
                     })
