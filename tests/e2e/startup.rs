@@ -298,3 +298,78 @@ async fn one_lifecycle_for_every_daemon() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A host booting before its database: the callback waits for an
+/// unreachable PostgreSQL (and `--check-config` only warns about it), then
+/// serves once the server is up. A wrong password is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_waits_for_a_database_that_is_still_starting() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = e2e::postgres::Cluster::start("127.0.0.1", false);
+        c.psql("postgres", "CREATE ROLE cb LOGIN PASSWORD 'right-password'");
+        c.psql("postgres", "CREATE DATABASE cbdb OWNER cb");
+        c.stop();
+        c.hba_first("host cbdb cb all scram-sha-256");
+        c
+    })
+    .await
+    .unwrap();
+    let pg_port = cluster.port;
+    let url = |pw: &str| format!("postgres://cb:{pw}@127.0.0.1:{pg_port}/cbdb?sslmode=disable");
+    let env = [("WECHAT_TOKEN", TOKEN)];
+    let bin = e2e::bin_path("wechat-callback");
+    // --check-config: a valid URL to a server that is down is a warning.
+    let good = url("right-password");
+    let (status, _, err) = e2e::process::run_to_end(&bin, &["--db", &good, "--check-config"], &env);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("cannot be reached now"), "{err}");
+    assert!(
+        !err.contains("right-password"),
+        "the password stays out: {err}"
+    );
+    let (status, _, err) = e2e::process::run_to_end(
+        &bin,
+        &["--db", "postgres://cb@h/d?sslmode=nope", "--check-config"],
+        &env,
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+
+    let port = e2e::free_port();
+    let args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--db".into(),
+        good.clone(),
+    ];
+    let mut cb = Daemon::spawn(&bin, &args, &env);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(cb.try_wait().is_none(), "still waiting:\n{}", cb.stderr());
+    assert!(
+        cb.stderr().contains("database unreachable; waiting for it"),
+        "{}",
+        cb.stderr()
+    );
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.run();
+        cluster
+    })
+    .await
+    .unwrap();
+    cb.wait_healthy(&format!("http://127.0.0.1:{port}/healthz"))
+        .await;
+    assert!(!cb.stderr().contains("right-password"), "{}", cb.stderr());
+    cb.terminate();
+
+    // A wrong password ends the start at once.
+    let args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", e2e::free_port()),
+        "--db".into(),
+        url("wrong-password"),
+    ];
+    let mut cb = Daemon::spawn(&bin, &args, &env);
+    let status = cb.wait(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{}", cb.stderr());
+    assert!(cb.stderr().contains("password"), "{}", cb.stderr());
+    drop(cluster);
+}

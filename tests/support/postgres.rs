@@ -244,6 +244,15 @@ impl Cluster {
         }
     }
 
+    /// Puts `line` first in pg_hba.conf (it wins over the trust lines),
+    /// e.g. `host cbdb cb all scram-sha-256` to make a role use its
+    /// password. Takes effect at the next start ([`Cluster::run`]).
+    pub fn hba_first(&self, line: &str) {
+        let hba = self.dir.join("data").join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(&hba, format!("{line}\n{old}")).expect("write pg_hba.conf");
+    }
+
     /// A URL for `db` as the superuser.
     pub fn url(&self, db: &str) -> String {
         format!(

@@ -58,11 +58,9 @@ pub use protocol::wechat::unix_now as now_secs;
 
 /// Builds the server state: validates settings, opens the store, creates
 /// the API and bus clients.
-pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
+pub async fn build(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Arc<App>> {
     let settings = config.settings()?;
-    let store = store::Store::open(&settings.db)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", settings.db))?;
+    let store = open_store(&settings.db, shutdown).await?;
     let api = settings
         .api
         .clone()
@@ -97,6 +95,32 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
     }))
 }
 
+/// Opens the store; a database server that cannot be reached yet (a host
+/// booting with its database) is waited for, up to [`STORE_START_WAIT`],
+/// with a warning each attempt. Anything else ends the start at once.
+async fn open_store(db: &store::Db, shutdown: &CancellationToken) -> anyhow::Result<store::Store> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = daemon_kit::backoff::Backoff::<500, 5_000>::default();
+    loop {
+        match store::Store::open(db).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_unreachable() && started.elapsed() < STORE_START_WAIT => {
+                let wait = backoff.next_delay();
+                tracing::warn!(db = %db, cause = %e, retry_ms = wait.as_millis() as u64,
+                    "database unreachable; waiting for it");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for database {db}"),
+                }
+            }
+            Err(e) => anyhow::bail!("cannot open database {db}: {e}"),
+        }
+    }
+}
+
+/// How long a start waits for an unreachable database server.
+const STORE_START_WAIT: Duration = Duration::from_secs(60);
+
 /// How long a request signature is remembered: a timestamp may be off by
 /// the tolerance either way, so a signature stays usable for twice that.
 fn signature_retention(settings: &Settings) -> Duration {
@@ -109,7 +133,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = build(&config).await?;
+    let app = build(&config, &shutdown).await?;
     // A wrong AppID or AppSecret, or an address off the IP whitelist, ends
     // the start here, saying what to fix; a passing fault only holds
     // /healthz at 503 until a token is had.

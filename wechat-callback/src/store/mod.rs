@@ -86,7 +86,7 @@ impl fmt::Debug for Db {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(String),
@@ -98,6 +98,18 @@ pub enum StoreError {
     Task(String),
     #[error("database schema version {found} is newer than this binary knows ({known})")]
     TooNew { found: i64, known: i64 },
+}
+
+impl StoreError {
+    /// The database server could not be reached (as opposed to refusing
+    /// us): worth waiting for at start.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Postgres(e) => postgres::unreachable(e),
+            StoreError::Timeout(_) | StoreError::Pool(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What claiming an event found.

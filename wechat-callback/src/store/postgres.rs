@@ -39,7 +39,7 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a start (connect and migrate) may take.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The advisory lock key held while migrating ("scanlgn" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7363_616e_6c67_6e;
+const MIGRATION_LOCK: i64 = 0x0073_6361_6e6c_676e;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the same tables as the SQLite backend's first two migrations.
@@ -134,6 +134,39 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// Whether `e` says the server could not be reached (refused, reset,
+/// unresolvable, closed), rather than refusing us (a wrong password, a
+/// missing database, an SQL error).
+pub fn unreachable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none() && (e.is_closed() || io_source(e))
+}
+
+/// The error with what the server said (`db error` alone says nothing).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn io_source(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Bounds one operation by [`OP_TIMEOUT`].
 async fn bounded<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
     tokio::time::timeout(OP_TIMEOUT, f)
@@ -174,9 +207,24 @@ impl Postgres {
             .build()
             .map_err(|e| StoreError::Task(e.to_string()))?;
         runtime.block_on(async {
-            let (client, conn) = tokio::time::timeout(START_TIMEOUT, cfg.connect(tls()?))
+            let connected = tokio::time::timeout(START_TIMEOUT, cfg.connect(tls()?))
                 .await
-                .map_err(|_| StoreError::Timeout(START_TIMEOUT))??;
+                .map_err(|_| StoreError::Timeout(START_TIMEOUT))
+                .and_then(|r| r.map_err(StoreError::from));
+            let (client, conn) = match connected {
+                Ok(c) => c,
+                // Not a configuration error: the daemon waits for the
+                // server at start.
+                Err(e) if e.is_unreachable() => {
+                    eprintln!(
+                        "warning: database {} cannot be reached now ({e}); \
+                         wechat-callback waits for it at start",
+                        redact(url)
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             let conn = tokio::spawn(conn);
             let found = schema_version(&client).await;
             drop(client);
@@ -191,16 +239,21 @@ impl Postgres {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
+        use deadpool_postgres::PoolError;
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => StoreError::Postgres(e),
+            PoolError::Timeout(_) => StoreError::Timeout(OP_TIMEOUT),
+            other => StoreError::Pool(other.to_string()),
+        })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        // No "already exists, skipping" notice at every start.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
             .await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS scan_login_schema (version BIGINT NOT NULL)")
             .await?;
