@@ -5,6 +5,7 @@ use crate::churn::{self, ChurnParams};
 use crate::cli::{Cli, Command};
 use crate::idle::{self, IdleParams};
 use crate::login::{self, LoginParams};
+use crate::nodes::{self, NodesParams};
 use crate::procs::{self, Env};
 use crate::push::{self, PushParams};
 use crate::report::{Machine, Report};
@@ -15,6 +16,7 @@ struct Plan {
     push: Option<PushParams>,
     login: Option<LoginParams>,
     churn: Option<ChurnParams>,
+    nodes: Option<NodesParams>,
 }
 
 /// Runs `cli` and returns the process exit code.
@@ -30,30 +32,42 @@ pub async fn run(cli: Cli, nofile_limit: u64) -> anyhow::Result<i32> {
             push: None,
             login: None,
             churn: None,
+            nodes: None,
         },
         Command::Push(a) => Plan {
             idle: None,
             push: Some(PushParams::new(a, tiny)),
             login: None,
             churn: None,
+            nodes: None,
         },
         Command::Login(a) => Plan {
             idle: None,
             push: None,
             login: Some(LoginParams::new(a, tiny)),
             churn: None,
+            nodes: None,
         },
         Command::Churn(a) => Plan {
             idle: None,
             push: None,
             login: None,
             churn: Some(ChurnParams::new(a, tiny)),
+            nodes: None,
+        },
+        Command::Nodes(a) => Plan {
+            idle: None,
+            push: None,
+            login: None,
+            churn: None,
+            nodes: Some(NodesParams::new(a, tiny)),
         },
         Command::All(a) => Plan {
             idle: Some(IdleParams::new(&a.idle, tiny)),
             push: Some(PushParams::new(&a.push, tiny)),
             login: Some(LoginParams::new(&a.login, tiny)),
             churn: Some(ChurnParams::new(&a.churn, tiny)),
+            nodes: Some(NodesParams::new(&a.nodes, tiny)),
         },
     };
     let env = Env::new(&cli.common)?;
@@ -109,6 +123,9 @@ async fn scenarios(env: &Env, plan: &Plan, report: &mut Report) -> anyhow::Resul
     }
     if let Some(p) = &plan.churn {
         churn::run(env, p, report).await?;
+    }
+    if let Some(p) = &plan.nodes {
+        nodes::run(env, p, report).await?;
     }
     Ok(())
 }

@@ -75,8 +75,11 @@ pub enum Command {
     Login(LoginArgs),
     /// Connect/disconnect cycles: does the gateway's RSS come back?
     Churn(ChurnArgs),
+    /// Many idle pages over several gateway nodes (--node-id): RSS per
+    /// page and paced push latency while they are all held.
+    Nodes(NodesArgs),
     /// Every scenario, one report.
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// (internal) Holds idle connections for `idle` when one process cannot
     /// hold them all.
     #[command(hide = true)]
@@ -101,6 +104,30 @@ pub struct IdleArgs {
     /// `idle-client` workers).
     #[arg(long)]
     pub client_procs: Option<usize>,
+}
+
+/// `nodes` settings.
+#[derive(Debug, Clone, Args)]
+pub struct NodesArgs {
+    /// Gateway processes, nodes 0..N (default 6; --tiny 2).
+    #[arg(long)]
+    pub gateways: Option<usize>,
+    /// Pages held over all gateways (default 100,000; --tiny 200).
+    #[arg(long)]
+    pub pages: Option<usize>,
+    /// Extra pages per gateway that receive the paced pushes (default 200;
+    /// --tiny 20).
+    #[arg(long)]
+    pub probe_pages: Option<usize>,
+    /// Pushes per second to each node's probe pages.
+    #[arg(long, default_value_t = 2000.0)]
+    pub nodes_paced_rate: f64,
+    /// Paced pushes per node (default 4,000; --tiny 200).
+    #[arg(long)]
+    pub nodes_paced_lines: Option<usize>,
+    /// Pages being opened at once per gateway.
+    #[arg(long, default_value_t = 128)]
+    pub nodes_open_concurrency: usize,
 }
 
 /// `push` settings.
@@ -213,6 +240,8 @@ pub struct AllArgs {
     pub login: LoginArgs,
     #[command(flatten)]
     pub churn: ChurnArgs,
+    #[command(flatten)]
+    pub nodes: NodesArgs,
 }
 
 /// `idle-client` (internal worker) settings.

@@ -54,16 +54,16 @@ impl IdleParams {
 
 /// What one worker (or the in-process opener) reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Opened {
-    opened: usize,
-    failed: usize,
+pub(crate) struct Opened {
+    pub(crate) opened: usize,
+    pub(crate) failed: usize,
     first_connect_ns: u64,
     last_qr_ns: u64,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Opened {
-    fn from_fleet(f: &Fleet) -> Opened {
+    pub(crate) fn from_fleet(f: &Fleet) -> Opened {
         Opened {
             opened: f.conns.len(),
             failed: f.failures,
@@ -73,7 +73,7 @@ impl Opened {
         }
     }
 
-    fn merge(&mut self, o: Opened) {
+    pub(crate) fn merge(&mut self, o: Opened) {
         self.opened += o.opened;
         self.failed += o.failed;
         self.first_connect_ns = if self.first_connect_ns == 0 {
@@ -89,13 +89,13 @@ impl Opened {
 }
 
 /// Connections held until dropped.
-enum Holder {
+pub(crate) enum Holder {
     InProcess(Fleet),
     Workers(Vec<Worker>),
 }
 
 impl Holder {
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         match self {
             Holder::InProcess(f) => f.close().await,
             Holder::Workers(ws) => {
@@ -110,7 +110,7 @@ impl Holder {
     }
 }
 
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -249,7 +249,7 @@ async fn measure(
     Ok((rss_per_conn, rate))
 }
 
-async fn open_in_workers(
+pub(crate) async fn open_in_workers(
     gw: std::net::SocketAddr,
     n: usize,
     procs: usize,

@@ -7,6 +7,7 @@ mod cli;
 mod http;
 mod idle;
 mod login;
+mod nodes;
 mod procs;
 mod push;
 mod report;

@@ -312,22 +312,7 @@ impl Stack {
         )?;
         sim.wait_healthy(sim_addr).await?;
 
-        let mut gw_args = strings(&[
-            "--listen",
-            &gateway_addr.to_string(),
-            "--notify-listen",
-            &notify_addr.to_string(),
-            "--qr-mint-rate",
-            "0",
-            "--max-connections",
-            &opts.max_connections.max(1).to_string(),
-            "--wechat-api-base",
-            &sim_base,
-            "--app-id",
-            APP_ID,
-            "--app-secret",
-            APP_SECRET,
-        ]);
+        let mut gw_args = gateway_args(gateway_addr, notify_addr, opts.max_connections, &sim_base);
         if let Some(s) = opts.qr_expire_seconds {
             gw_args.extend(strings(&["--qr-expire-seconds", &s.to_string()]));
         }
@@ -419,6 +404,107 @@ impl Stack {
                     d.name,
                     d.log_tail()
                 )),
+                Err(e) => warnings.push(format!("{e:#}")),
+            }
+        }
+        warnings
+    }
+}
+
+/// A benchmark gateway's flags: no QR mint limit, the simulator's API.
+fn gateway_args(
+    listen: SocketAddr,
+    notify: SocketAddr,
+    max_connections: usize,
+    sim_base: &str,
+) -> Vec<String> {
+    strings(&[
+        "--listen",
+        &listen.to_string(),
+        "--notify-listen",
+        &notify.to_string(),
+        "--qr-mint-rate",
+        "0",
+        "--max-connections",
+        &max_connections.max(1).to_string(),
+        "--wechat-api-base",
+        sim_base,
+        "--app-id",
+        APP_ID,
+        "--app-secret",
+        APP_SECRET,
+    ])
+}
+
+/// One gateway node of [`Nodes`].
+pub struct Node {
+    pub daemon: Daemon,
+    pub addr: SocketAddr,
+    pub notify: SocketAddr,
+}
+
+/// The simulator and `n` gateways with `--node-id 0..n` (no callback: the
+/// `nodes` scenario writes bus lines itself).
+pub struct Nodes {
+    pub sim: Daemon,
+    pub sim_addr: SocketAddr,
+    pub gateways: Vec<Node>,
+}
+
+impl Nodes {
+    pub async fn start(env: &Env, n: usize, max_connections: usize) -> anyhow::Result<Nodes> {
+        let sim_addr = loopback(free_port()?);
+        let sim_base = format!("http://{sim_addr}");
+        let mut sim = Daemon::spawn(
+            env,
+            "wechat-sim",
+            &strings(&[
+                "--listen",
+                &sim_addr.to_string(),
+                "--app-id",
+                APP_ID,
+                "--app-secret",
+                APP_SECRET,
+                "--token",
+                TOKEN,
+                "--max-connections",
+                "30000",
+            ]),
+        )?;
+        sim.wait_healthy(sim_addr).await?;
+        let mut gateways = Vec::new();
+        for node in 0..n {
+            let addr = loopback(free_port()?);
+            let notify = loopback(free_port()?);
+            let mut args = gateway_args(addr, notify, max_connections, &sim_base);
+            args.extend(strings(&["--node-id", &node.to_string()]));
+            let mut daemon = Daemon::spawn(env, "ws-gateway", &args)?;
+            daemon.wait_healthy(addr).await?;
+            gateways.push(Node {
+                daemon,
+                addr,
+                notify,
+            });
+        }
+        Ok(Nodes {
+            sim,
+            sim_addr,
+            gateways,
+        })
+    }
+
+    /// SIGTERM to each daemon; a non-zero exit is returned as a warning.
+    pub async fn stop(mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let daemons = self
+            .gateways
+            .iter_mut()
+            .map(|g| &mut g.daemon)
+            .chain(std::iter::once(&mut self.sim));
+        for d in daemons {
+            match d.stop().await {
+                Ok(s) if s.success() => {}
+                Ok(s) => warnings.push(format!("{} exited with {s} after SIGTERM", d.name)),
                 Err(e) => warnings.push(format!("{e:#}")),
             }
         }
