@@ -44,8 +44,14 @@ impl NodesParams {
                 .gateways
                 .unwrap_or(if tiny { 2 } else { 6 })
                 .clamp(1, usize::from(protocol::fd::MAX_NODE_ID) + 1),
-            pages: args.pages.unwrap_or(if tiny { 200 } else { 100_000 }).max(1),
-            probe_pages: args.probe_pages.unwrap_or(if tiny { 20 } else { 200 }).max(1),
+            pages: args
+                .pages
+                .unwrap_or(if tiny { 200 } else { 100_000 })
+                .max(1),
+            probe_pages: args
+                .probe_pages
+                .unwrap_or(if tiny { 20 } else { 200 })
+                .max(1),
             paced_rate: args.nodes_paced_rate,
             paced_lines: args
                 .nodes_paced_lines
@@ -60,7 +66,8 @@ impl NodesParams {
 pub async fn run(env: &Env, p: &NodesParams, report: &mut Report) -> anyhow::Result<()> {
     let limit = usize::try_from(procs::nofile_limit()).unwrap_or(usize::MAX);
     let per_gateway = p.pages.div_ceil(p.gateways);
-    let gateway_fit = limit.saturating_sub(GATEWAY_FD_OVERHEAD + p.probe_pages + p.open_concurrency);
+    let gateway_fit =
+        limit.saturating_sub(GATEWAY_FD_OVERHEAD + p.probe_pages + p.open_concurrency);
     if per_gateway > gateway_fit {
         bail!(
             "nodes: {per_gateway} pages per gateway do not fit the open-file limit {limit}; \
@@ -164,7 +171,9 @@ async fn measure(
             .iter()
             .find(|fd| (**fd >> protocol::fd::NODE_SHIFT) as usize != node)
         {
-            report.fail(format!("nodes: fd {fd} from node {node} names another node"));
+            report.fail(format!(
+                "nodes: fd {fd} from node {node} names another node"
+            ));
         }
         let r = push_once(
             g.notify,
