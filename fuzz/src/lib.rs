@@ -81,9 +81,10 @@ pub fn check_message(m: &Message) {
     }
     match m.login_scan() {
         Some(login) => {
-            assert_eq!(Some(&login), qr.as_ref());
-            let fd = Fd::from_scene(login.scene).expect("a login scan is a login fd");
-            assert_eq!(fd.get(), login.scene);
+            let qr = qr.as_ref().expect("a login scan is a QR scan");
+            assert_eq!(login.fd.get(), qr.scene);
+            assert_eq!(login.ticket, qr.ticket);
+            assert_eq!(Fd::from_scene(qr.scene), Some(login.fd));
         }
         None => {
             if let Some(scan) = &qr {

@@ -320,3 +320,99 @@ async fn a_login_pushed_by_an_instance_that_died_is_counted_once_by_the_next() {
         "1"
     );
 }
+
+/// The store's disk fills up: the callback answers 503 (WeChat retries),
+/// records and pushes nothing, stays up, and WeChat's retry of the very
+/// same request logs the user in once space is back. The database lives
+/// on a 2 MiB tmpfs mounted by the test (root), filled by a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_503_and_the_retry_succeeds_once_space_is_back() {
+    use std::io::Write;
+
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let dir = e2e::process::temp_dir("diskfull");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        mounted,
+        "cannot mount a tmpfs at {} (this test needs root)",
+        dir.display()
+    );
+    let _mount = Mount(dir.clone());
+    let stack = Stack::start(Options {
+        db_url: Some(dir.join("scan-login.db").display().to_string()),
+        ..Options::default()
+    })
+    .await;
+    let mut page = stack.browser().await;
+    let fd = stack.fd_of(&page.ticket).await;
+    let openid = "o-diskfull";
+    let body = e2e::wechat::scan_event(openid, fd, &page.ticket, true, e2e::wechat::now());
+    let query = e2e::wechat::signed_query(crate::stack::TOKEN, e2e::wechat::now());
+    let post = || async {
+        let r = stack
+            .http
+            .post(format!("{}/wechat?{query}", stack.callback_url))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+
+    // Fill the disk.
+    let filler = dir.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let (status, text) = post().await;
+    assert_eq!(status, 503, "disk full: {text}");
+    // Nothing pushed while nothing can be recorded.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), async {
+        use futures_util::StreamExt;
+        while let Some(Ok(m)) = page.ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                return Some(t.to_string());
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        matches!(quiet, Err(_) | Ok(None)),
+        "a frame arrived while the disk was full: {quiet:?}"
+    );
+    let metrics = stack.callback_metrics().await;
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wechat_callback_store_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
+
+    // Space is back: WeChat's retry of the same request goes through.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, text) = post().await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("login successful"), "{text}");
+    let f = page.wait_for("scan_success", Duration::from_secs(5)).await;
+    assert_eq!(f["openid"], openid);
+    // Once: a further retry is answered from the store.
+    let (status, again) = post().await;
+    assert_eq!(
+        (status, again.contains("1st login")),
+        (200, true),
+        "{again}"
+    );
+}

@@ -53,7 +53,7 @@ pub enum NotifyError {
     Lost(String),
     /// No `--notify-addr` for the gateway node of this fd: nothing sent.
     #[error("no --notify-addr for gateway node {0}")]
-    NoRoute(u32),
+    NoRoute(u8),
     /// No answer in time.
     #[error("gateway did not answer in time")]
     Timeout,

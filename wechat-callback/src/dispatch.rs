@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use protocol::bus::{NotifyKind, ScanNotify};
 use protocol::fd::Fd;
-use protocol::wechat::xml::{Event, Message, MessageKind, QrScan};
+use protocol::wechat::xml::{Event, LoginScan, Message, MessageKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -268,7 +268,11 @@ async fn on_text_while_confirming(
                 unionid: p.unionid.clone(),
                 display_name: p.display_name.clone(),
             };
-            let reply = complete_login(app, work, p.fd, p.ticket, user).await?;
+            // Written from a login fd; anything else confirms nothing.
+            let Some(fd) = Fd::from_scene(p.fd) else {
+                return Ok(Some(Reply::Text(NOTHING_TO_CONFIRM.to_string())));
+            };
+            let reply = complete_login(app, work, fd, p.ticket, user).await?;
             return Ok(Some(reply));
         }
         (true, Taken::Expired | Taken::None) => Reply::Text(NOTHING_TO_CONFIRM.to_string()),
@@ -307,7 +311,7 @@ async fn on_scan(
     app: &Arc<App>,
     work: &Work<'_>,
     message: &Message,
-    scan: QrScan,
+    scan: LoginScan,
 ) -> Result<Reply, StoreError> {
     let (key, deadline) = (work.key, work.deadline);
     let openid = message.from_user.as_str();
@@ -325,11 +329,11 @@ async fn on_scan(
         ),
     };
     if !app.settings.confirm_login {
-        return complete_login(app, work, scan.scene, scan.ticket, user).await;
+        return complete_login(app, work, scan.fd, scan.ticket, user).await;
     }
     let request = ScanNotify {
         kind: NotifyKind::Scanned,
-        fd: scan.scene,
+        fd: scan.fd.get(),
         nickname: user.display_name.clone(),
         openid: None,
         token: None,
@@ -338,12 +342,12 @@ async fn on_scan(
         // `scanned` spends nothing: nothing to resend.
         resend: false,
     };
-    match notify(app, &request, deadline).await {
+    match notify(app, scan.fd, &request, deadline).await {
         Ok(page) => {
             app.store
                 .put_pending(PendingLogin {
                     openid: user.openid.clone(),
-                    fd: scan.scene,
+                    fd: scan.fd.get(),
                     ticket: scan.ticket,
                     display_name: user.display_name.clone(),
                     unionid: user.unionid.clone(),
@@ -360,12 +364,12 @@ async fn on_scan(
                     ("ip", &ip),
                 ],
             ));
-            info!(fd = scan.scene, openid, %ip, %device, "scan awaiting confirmation on the phone");
+            info!(fd = scan.fd.get(), openid, %ip, %device, "scan awaiting confirmation on the phone");
             app.store.touch_user(user).await?;
             app.store.finish(key.to_string(), reply.clone()).await?;
             Ok(reply)
         }
-        Err(e) => not_told(app, key, scan.scene, user, e).await,
+        Err(e) => not_told(app, key, scan.fd, user, e).await,
     }
 }
 
@@ -383,14 +387,15 @@ fn bus_secret(app: &App) -> Option<String> {
 /// still decides the count and the stored reply without contradiction.
 async fn notify(
     app: &App,
+    fd: Fd,
     request: &ScanNotify,
     deadline: Instant,
 ) -> Result<protocol::bus::PageInfo, NotifyError> {
     let t0 = Instant::now();
     let deadline = deadline.max(t0 + app.settings.notify_timeout);
-    let sent = match Fd::from_scene(request.fd).and_then(|fd| app.bus.for_fd(fd)) {
+    let sent = match app.bus.for_fd(fd) {
         Some(bus) => bus.notify(request, deadline).await,
-        None => Err(NotifyError::NoRoute(request.fd >> protocol::fd::NODE_SHIFT)),
+        None => Err(NotifyError::NoRoute(fd.node())),
     };
     app.metrics.notify_latency.observe(t0.elapsed());
     sent
@@ -401,7 +406,7 @@ async fn notify(
 async fn complete_login(
     app: &Arc<App>,
     work: &Work<'_>,
-    fd: u32,
+    fd: Fd,
     ticket: Option<String>,
     user: UserRecord,
 ) -> Result<Reply, StoreError> {
@@ -424,7 +429,7 @@ async fn complete_login(
     });
     let request = ScanNotify {
         kind: NotifyKind::Scan,
-        fd,
+        fd: fd.get(),
         nickname: name.clone(),
         openid: Some(user.openid.clone()),
         token,
@@ -432,7 +437,7 @@ async fn complete_login(
         secret: bus_secret(app),
         resend: work.resend,
     };
-    if let Err(e) = notify(app, &request, deadline).await {
+    if let Err(e) = notify(app, fd, &request, deadline).await {
         return not_told(app, key, fd, user, e).await;
     }
     let openid = user.openid.clone();
@@ -451,13 +456,13 @@ async fn complete_login(
             Ok(Recorded::AlreadyDone(reply)) => {
                 // A takeover finished this event while this handler was
                 // slow: it was counted (or refused) there, not twice here.
-                warn!(fd, openid = %openid, "event already finished by another handler");
+                warn!(fd = fd.get(), openid = %openid, "event already finished by another handler");
                 return Ok(reply);
             }
             Ok(Recorded::Counted(count, reply)) => {
                 app.metrics.logins.inc();
                 info!(
-                    fd,
+                    fd = fd.get(),
                     openid = %openid,
                     instance = %app.instance,
                     count,
@@ -468,14 +473,14 @@ async fn complete_login(
                 return Ok(Reply::Text(reply));
             }
             Err(e) if attempt < RECORD_ATTEMPTS => {
-                warn!(cause = %e, fd, attempt, "cannot record a delivered login; retrying");
+                warn!(cause = %e, fd = fd.get(), attempt, "cannot record a delivered login; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
                 // The page already has its login: say so, even though the
                 // count could not be stored.
                 app.metrics.store_errors.inc();
-                tracing::error!(cause = %e, fd, openid = %openid, "login delivered but not recorded");
+                tracing::error!(cause = %e, fd = fd.get(), openid = %openid, "login delivered but not recorded");
                 return Ok(Reply::Text(format!("{name}, login successful!")));
             }
         }
@@ -491,7 +496,7 @@ async fn complete_login(
 async fn not_told(
     app: &Arc<App>,
     key: &str,
-    fd: u32,
+    fd: Fd,
     user: UserRecord,
     e: NotifyError,
 ) -> Result<Reply, StoreError> {
@@ -515,7 +520,7 @@ async fn not_told(
     };
     app.metrics.logins_not_counted.inc();
     warn!(
-        fd,
+        fd = fd.get(),
         openid = %user.openid,
         instance = %app.instance,
         reason = e.label(),

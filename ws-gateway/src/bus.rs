@@ -371,7 +371,11 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
         },
         NotifyKind::Scanned => ServerFrame::Scanned { user: nickname },
     };
-    match gw.registry.push(fd, ticket.as_deref(), resend, frame) {
+    // Not a login fd at all (a scene below 2^20, another layout): no page.
+    let Some(page_fd) = protocol::fd::Fd::from_scene(fd) else {
+        return Outcome::Now(Err(BusError::NoSuchClient));
+    };
+    match gw.registry.push(page_fd, ticket.as_deref(), resend, frame) {
         Ok(pushed) => Outcome::Delivery(Delivery {
             kind,
             fd,

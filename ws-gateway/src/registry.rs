@@ -205,18 +205,19 @@ impl Registry {
     /// Draws a random login fd of this node (`protocol::fd::Fd::random`)
     /// that is neither in use nor reserved and registers a connection
     /// under it. `None` only if no free fd was found.
-    pub fn register(&self, now: Instant) -> Option<u32> {
+    pub fn register(&self, now: Instant) -> Option<Fd> {
         let node = self.node;
         self.register_with(now, || Fd::random(node).map_or(0, Fd::get))
     }
 
-    /// [`Registry::register`] with a given source of candidate fds.
-    pub fn register_with(&self, now: Instant, mut draw: impl FnMut() -> u32) -> Option<u32> {
+    /// [`Registry::register`] with a given source of candidate fds (a
+    /// candidate that is not a login fd is skipped).
+    pub fn register_with(&self, now: Instant, mut draw: impl FnMut() -> u32) -> Option<Fd> {
         for _ in 0..MAX_DRAWS {
-            let fd = draw();
-            if fd == 0 {
+            let Some(login_fd) = Fd::from_scene(draw()) else {
                 continue;
-            }
+            };
+            let fd = login_fd.get();
             let mut shard = self.shard(fd);
             let free = match shard.get(&fd) {
                 None => true,
@@ -236,7 +237,7 @@ impl Registry {
                         page: None,
                     })),
                 );
-                return Some(fd);
+                return Some(login_fd);
             }
         }
         None
@@ -245,7 +246,8 @@ impl Registry {
     /// Records a freshly minted code for `fd`: its ticket becomes the
     /// current one (unspent), and the fd stays reserved until
     /// `scannable_until` + [`TOMBSTONE_GRACE`].
-    pub fn set_code(&self, fd: u32, ticket: &str, scannable_until: Instant) {
+    pub fn set_code(&self, fd: Fd, ticket: &str, scannable_until: Instant) {
+        let fd = fd.get();
         if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
             e.ticket = Some(digest(ticket));
             if std::mem::take(&mut e.spent) {
@@ -257,14 +259,16 @@ impl Registry {
     }
 
     /// Keeps the `scanned` answer line describing the page on `fd`.
-    pub fn set_page(&self, fd: u32, page: Arc<[u8]>) {
+    pub fn set_page(&self, fd: Fd, page: Arc<[u8]>) {
+        let fd = fd.get();
         if let Some(Slot::Live(e)) = self.shard(fd).get_mut(&fd) {
             e.page = Some(page);
         }
     }
 
     /// Takes every push waiting for `fd`.
-    pub fn take_pushes(&self, fd: u32) -> Vec<Push> {
+    pub fn take_pushes(&self, fd: Fd) -> Vec<Push> {
+        let fd = fd.get();
         match self.shard(fd).get_mut(&fd) {
             Some(Slot::Live(e)) => e.queue.take().map(|q| *q).unwrap_or_default(),
             _ => Vec::new(),
@@ -276,7 +280,8 @@ impl Registry {
     /// push. Checking and storing happen under the shard lock that
     /// [`Registry::push`] takes, so no wake-up is lost. Never ready for
     /// an fd that is not registered (nothing can be pushed to it).
-    pub fn poll_wake(&self, fd: u32, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_wake(&self, fd: Fd, cx: &mut Context<'_>) -> Poll<()> {
+        let fd = fd.get();
         let mut shard = self.shard(fd);
         let Some(Slot::Live(e)) = shard.get_mut(&fd) else {
             return Poll::Pending;
@@ -299,11 +304,12 @@ impl Registry {
     /// `client_busy` (queue full; nothing is spent).
     pub fn push(
         &self,
-        fd: u32,
+        fd: Fd,
         ticket: Option<&str>,
         resend: bool,
         frame: ServerFrame,
     ) -> Result<Pushed, BusError> {
+        let fd = fd.get();
         // The openid of a login: a spent ticket is pushed again for it.
         let spender = match &frame {
             ServerFrame::ScanSuccess { openid, .. } if !openid.is_empty() => Some(digest(openid)),
@@ -367,7 +373,8 @@ impl Registry {
     /// Unregisters `fd`: it becomes a tombstone while its last code can
     /// still be scanned, else it is freed. Returns pushes that were still
     /// waiting (dropping them tells their bus lines `no_such_client`).
-    pub fn remove(&self, fd: u32, now: Instant) -> Vec<Push> {
+    pub fn remove(&self, fd: Fd, now: Instant) -> Vec<Push> {
+        let fd = fd.get();
         let mut shard = self.shard(fd);
         let Some(Slot::Live(e)) = shard.remove(&fd) else {
             return Vec::new();
@@ -477,14 +484,14 @@ mod tests {
 
     fn push(
         r: &Registry,
-        fd: u32,
+        fd: Fd,
         ticket: Option<&str>,
         frame: ServerFrame,
     ) -> Result<(), BusError> {
         r.push(fd, ticket, false, frame).map(drop)
     }
 
-    fn resend(r: &Registry, fd: u32, ticket: &str, frame: ServerFrame) -> Result<(), BusError> {
+    fn resend(r: &Registry, fd: Fd, ticket: &str, frame: ServerFrame) -> Result<(), BusError> {
         r.push(fd, Some(ticket), true, frame).map(drop)
     }
 
@@ -519,24 +526,30 @@ mod tests {
         assert_eq!(lost.wait(soon()).await, delivery::Delivered::Gone);
     }
 
+    /// Candidate fds `f(v)` for each `v` (0 stays 0: not a login fd).
     fn seq(values: &[u32]) -> impl FnMut() -> u32 + '_ {
         let mut i = 0;
         move || {
             let v = values[i % values.len()];
             i += 1;
-            v
+            if v == 0 { 0 } else { f(v).get() }
         }
+    }
+
+    /// The login fd of node 0 with random part `MIN_RANDOM + v`.
+    fn f(v: u32) -> Fd {
+        Fd::new(0, protocol::fd::MIN_RANDOM + v).expect("a login fd")
     }
 
     #[test]
     fn draws_skip_zero_live_and_reserved_fds() {
         let r = Registry::new();
         let now = Instant::now();
-        assert_eq!(r.register_with(now, seq(&[0, 7])), Some(7));
-        assert_eq!(r.register_with(now, seq(&[7, 7, 9])), Some(9));
+        assert_eq!(r.register_with(now, seq(&[0, 7])), Some(f(7)));
+        assert_eq!(r.register_with(now, seq(&[7, 7, 9])), Some(f(9)));
         // 9 minted a code and closed: reserved until expiry + grace.
-        r.set_code(9, "t9", now + Duration::from_secs(10));
-        r.remove(9, now);
+        r.set_code(f(9), "t9", now + Duration::from_secs(10));
+        r.remove(f(9), now);
         assert_eq!(
             r.counts(),
             Counts {
@@ -544,17 +557,17 @@ mod tests {
                 tombstones: 1
             }
         );
-        assert_eq!(r.register_with(now, seq(&[9, 11])), Some(11));
+        assert_eq!(r.register_with(now, seq(&[9, 11])), Some(f(11)));
         let later = now + Duration::from_secs(10) + TOMBSTONE_GRACE + Duration::from_millis(1);
         assert_eq!(
             r.register_with(later - Duration::from_millis(2), seq(&[9])),
             None,
             "not a moment early"
         );
-        assert_eq!(r.register_with(later, seq(&[9])), Some(9));
+        assert_eq!(r.register_with(later, seq(&[9])), Some(f(9)));
         // 7 never had a code: freed at once.
-        r.remove(7, now);
-        assert_eq!(r.register_with(now, seq(&[7])), Some(7));
+        r.remove(f(7), now);
+        assert_eq!(r.register_with(now, seq(&[7])), Some(f(7)));
         assert_eq!(r.register_with(now, seq(&[7, 9, 11])), None);
     }
 
@@ -562,7 +575,7 @@ mod tests {
     fn real_draws_are_random_distinct_and_in_range() {
         let r = Registry::new();
         let now = Instant::now();
-        let fds: Vec<u32> = (0..2000).map(|_| r.register(now).unwrap()).collect();
+        let fds: Vec<u32> = (0..2000).map(|_| r.register(now).unwrap().get()).collect();
         assert!(fds.iter().all(|&fd| (1..=MAX_FD).contains(&fd)));
         assert!(
             fds.iter()
@@ -570,7 +583,7 @@ mod tests {
         );
         let node7 = Registry::for_node(7);
         let fd = node7.register(now).unwrap();
-        assert_eq!(Fd::from_scene(fd).map(Fd::node), Some(7));
+        assert_eq!(fd.node(), 7);
         let distinct: std::collections::HashSet<_> = fds.iter().collect();
         assert_eq!(distinct.len(), fds.len());
         // Not a counter.
@@ -645,7 +658,10 @@ mod tests {
         // A new code is a new, unspent ticket.
         r.set_code(fd, "t2", now + Duration::from_secs(60));
         assert_eq!(push(&r, fd, Some("t2"), scan("c")), Ok(()));
-        assert_eq!(push(&r, 99, None, scan("x")), Err(BusError::NoSuchClient));
+        assert_eq!(
+            push(&r, f(99), None, scan("x")),
+            Err(BusError::NoSuchClient)
+        );
     }
 
     fn login(openid: &str) -> ServerFrame {
@@ -734,7 +750,10 @@ mod tests {
         assert!(r.poll_wake(fd, &mut cx).is_pending());
 
         // An fd that is not registered never becomes ready.
-        assert!(r.poll_wake(fd ^ 1, &mut cx).is_pending());
+        assert!(
+            r.poll_wake(Fd::from_scene(fd.get() ^ 1).unwrap(), &mut cx)
+                .is_pending()
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ use hyper::header::{
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use protocol::fd::Fd;
 use protocol::ws::{ClientCommand, MAX_CLIENT_FRAME_BYTES, ServerFrame, WsErrorCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -192,7 +193,7 @@ async fn connection(opening: Pin<Box<impl Future<Output = Option<Conn>>>>) {
         return;
     };
     let end = conn.run().await;
-    let fd = conn.fd;
+    let fd = conn.fd.get();
     match end {
         End::Failed(e) => debug!(fd, cause = %e, "browser connection failed"),
         end => debug!(fd, ?end, "browser connection closed"),
@@ -278,7 +279,7 @@ async fn open(
     gw.registry.set_page(fd, page);
     gw.metrics.ws_open.inc();
     gw.metrics.ws_accepted.inc();
-    debug!(fd, %peer, %ip, "browser connected");
+    debug!(fd = fd.get(), %peer, %ip, "browser connected");
     // From here the Conn gives the per-IP place back.
     place.armed = false;
     drop(place);
@@ -328,7 +329,7 @@ enum Event {
 struct Conn {
     gw: Arc<Gateway>,
     ws: Socket,
-    fd: u32,
+    fd: Fd,
     ip: IpAddr,
     last_activity: Instant,
     /// Frames received since the last ping went out (see
@@ -519,7 +520,7 @@ impl Conn {
         for mut push in pushes {
             if !push.receipt.begin() {
                 debug!(
-                    fd = self.fd,
+                    fd = self.fd.get(),
                     "push abandoned by the bus before it was written"
                 );
                 continue;
@@ -533,7 +534,7 @@ impl Conn {
             push.receipt.finish(written.is_ok());
             written?;
             self.gw.metrics.pushes.inc();
-            debug!(fd = self.fd, "push written");
+            debug!(fd = self.fd.get(), "push written");
         }
         Ok(())
     }
@@ -550,7 +551,7 @@ impl Conn {
                 )
                 .await;
         }
-        self.mint = Some(self.gw.minter.mint(self.fd));
+        self.mint = Some(self.gw.minter.mint(self.fd.get()));
         Ok(())
     }
 
@@ -636,7 +637,7 @@ impl Conn {
                 return Err(End::Closed);
             }
             Some(Err(WsError::Capacity(e))) => {
-                debug!(fd = self.fd, cause = %e, "frame too large");
+                debug!(fd = self.fd.get(), cause = %e, "frame too large");
                 let _ = self
                     .send_error(
                         WsErrorCode::BadFrame,
@@ -694,7 +695,7 @@ impl Conn {
         }
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;
-            self.mint = Some(self.gw.minter.mint(self.fd));
+            self.mint = Some(self.gw.minter.mint(self.fd.get()));
         }
         if self.code_expires.is_some_and(|t| now >= t) {
             self.code_expires = None;

@@ -373,6 +373,13 @@ pub struct QrScan {
     pub ticket: Option<String>,
 }
 
+/// A scan of a login code: a [`QrScan`] whose scene is a login fd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginScan {
+    pub fd: crate::fd::Fd,
+    pub ticket: Option<String>,
+}
+
 impl Message {
     /// Parses a plain callback body.
     pub fn parse(body: &[u8]) -> Result<Message, XmlError> {
@@ -471,9 +478,12 @@ impl Message {
     /// event whose `EventKey` carries a numeric scene.
     /// A QR scan that is a login: its scene is a login fd (see
     /// `crate::fd`); scans of the account's own codes are not.
-    pub fn login_scan(&self) -> Option<QrScan> {
-        self.qr_scan()
-            .filter(|s| crate::fd::Fd::from_scene(s.scene).is_some())
+    pub fn login_scan(&self) -> Option<LoginScan> {
+        let scan = self.qr_scan()?;
+        Some(LoginScan {
+            fd: crate::fd::Fd::from_scene(scan.scene)?,
+            ticket: scan.ticket,
+        })
     }
 
     pub fn qr_scan(&self) -> Option<QrScan> {
