@@ -11,5 +11,6 @@ mod flows;
 mod forward;
 mod multihost;
 mod security;
+mod soak;
 mod stack;
 mod startup;
