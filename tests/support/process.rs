@@ -1,5 +1,8 @@
-//! Spawning the real binaries: free ports, waiting for `/healthz`, captured
-//! stderr, SIGTERM.
+//! Spawning the real binaries, for every test crate and the benchmarks:
+//! free ports, waiting for `/healthz` or for a line in the log (a daemon
+//! bound to port 0 logs its address), captured stderr, signals, running a
+//! command to its end. This is the one place test and benchmark code
+//! starts the daemons.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -38,22 +41,32 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `path` with `args` and extra `env`, capturing stderr.
+    /// Spawns `path` with `args` and extra `env`, capturing stderr;
+    /// panics if it cannot be started.
     pub fn spawn(path: &std::path::Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(path);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        Daemon::try_spawn_command(cmd)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()))
+    }
+
+    /// Spawns a prepared command (its program, arguments and environment
+    /// as given; stdin and stdout are closed, stderr is captured).
+    pub fn try_spawn_command(mut cmd: Command) -> std::io::Result<Daemon> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let name = std::path::Path::new(cmd.get_program())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = cmd.spawn()?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
@@ -67,13 +80,61 @@ impl Daemon {
                 }
             });
         }
-        Daemon {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+        Ok(Daemon {
+            name,
             child: Some(child),
             stderr,
+        })
+    }
+
+    /// Waits (at most `limit`) until `find` recognises something in the
+    /// captured stderr, and returns it; panics with the log if the daemon
+    /// exits first or the time runs out.
+    pub async fn wait_for_log<T>(
+        &mut self,
+        limit: Duration,
+        mut find: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(found) = find(&self.stderr()) {
+                return found;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("{} exited early ({status}):\n{}", self.name, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log what was awaited within {limit:?}:\n{}",
+                self.name,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (at most `limit`) for the exit without blocking the runtime;
+    /// panics with the log after `limit`.
+    pub async fn exited(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                // Let the stderr reader catch up with the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {limit:?}:\n{}",
+                self.name,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -201,4 +262,27 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// [`run_to_end`] without blocking the async runtime (for a command that
+/// talks to a server in the test's own process).
+pub async fn run_to_end_async(
+    path: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String, String) {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,62 +30,40 @@ const BIN: &str = env!("CARGO_BIN_EXE_wechat-sim");
 
 // ---- helpers -------------------------------------------------------------
 
-fn free_port() -> u16 {
-    daemon_kit::accept::free_test_port().unwrap()
-}
+use e2e::free_port;
 
-/// A running simulator, killed on drop.
+/// A running simulator (the test kit's launcher), killed on drop.
 struct Sim {
-    child: Child,
+    _daemon: e2e::Daemon,
     base: String,
     http: reqwest::Client,
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Sim {
     async fn start(extra: &[&str]) -> Sim {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(BIN)
-            .args([
-                "--listen",
-                &listen,
-                "--app-id",
-                APP_ID,
-                "--app-secret",
-                SECRET,
-                "--token",
-                TOKEN,
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let sim = Sim {
-            child,
-            base: format!("http://{listen}"),
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args: Vec<String> = [
+            "--listen",
+            &listen,
+            "--app-id",
+            APP_ID,
+            "--app-secret",
+            SECRET,
+            "--token",
+            TOKEN,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        let mut daemon =
+            e2e::Daemon::spawn(std::path::Path::new(BIN), &args, &[("RUST_LOG", "warn")]);
+        let base = format!("http://{listen}");
+        daemon.wait_healthy(&format!("{base}/healthz")).await;
+        Sim {
+            _daemon: daemon,
+            base,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(r) = sim.http.get(sim.url("/healthz")).send().await
-                && r.status() == 200
-            {
-                return sim;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wechat-sim did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -918,8 +895,10 @@ async fn scan_subcommand() {
     let cb = Callback::start(Behaviour::default()).await;
     let sim = Sim::start(&["--callback-url", &cb.url]).await;
     let ticket = sim.qr_scene(31337, 120).await;
-    let out = tokio::process::Command::new(BIN)
-        .args([
+    let bin = std::path::Path::new(BIN);
+    let (status, stdout, stderr) = e2e::process::run_to_end_async(
+        bin,
+        &[
             "scan",
             "--ticket",
             &ticket,
@@ -929,24 +908,21 @@ async fn scan_subcommand() {
             "Carol",
             "--sim",
             &sim.base,
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Hello oCli");
+        ],
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "Hello oCli");
     let (msg, _) = decode(&cb.received()[0]);
     assert_eq!(msg.qr_scan().map(|s| s.scene), Some(31337));
 
-    let out = tokio::process::Command::new(BIN)
-        .args(["scan", "--ticket", "gQunknown", "--sim", &sim.base])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_ticket"));
+    let (status, _, stderr) = e2e::process::run_to_end_async(
+        bin,
+        &["scan", "--ticket", "gQunknown", "--sim", &sim.base],
+        &[],
+    )
+    .await;
+    assert!(!status.success());
+    assert!(stderr.contains("unknown_ticket"));
 }

@@ -6,9 +6,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -251,12 +250,12 @@ async fn fake_answer(
 // ---------------------------------------------------------------------------
 // The gateway process
 
-/// A running `ws-gateway` child process.
+/// A running `ws-gateway` child process (started through the test kit's
+/// launcher, `e2e::Daemon`, on port 0: the addresses come from its log).
 pub struct Gw {
-    child: Child,
+    daemon: e2e::Daemon,
     pub http: SocketAddr,
     pub notify: SocketAddr,
-    stderr: Arc<Mutex<String>>,
 }
 
 /// Arguments every test gateway gets before its own.
@@ -310,55 +309,24 @@ impl Gw {
     }
 
     /// Spawns the command and waits (bounded) for its `listening` line.
-    pub async fn spawn(mut cmd: Command) -> Gw {
-        let mut child = cmd.spawn().expect("spawn ws-gateway");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
-        let pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in StdBufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addrs) = parse_listening(&line) {
-                    let _ = tx.send(addrs);
-                }
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok((http, notify)) = rx.try_recv() {
-                return Gw {
-                    child,
-                    http,
-                    notify,
-                    stderr,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
-                    "ws-gateway exited early with {status}:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ws-gateway did not log its addresses:\n{}",
-                stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    pub async fn spawn(cmd: Command) -> Gw {
+        let mut daemon = e2e::Daemon::try_spawn_command(cmd).expect("spawn ws-gateway");
+        let (http, notify) = daemon
+            .wait_for_log(WAIT, |log| log.lines().find_map(parse_listening))
+            .await;
+        Gw {
+            daemon,
+            http,
+            notify,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.daemon.stderr()
     }
 
     pub fn ws_url(&self, path: &str) -> String {
@@ -367,37 +335,12 @@ impl Gw {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -TERM failed");
+        self.daemon.signal("TERM");
     }
 
     /// Waits (bounded) for the process to exit.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the stderr thread catch up.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ws-gateway did not exit within {within:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.exited(within).await
     }
 }
 
