@@ -2,17 +2,14 @@
 //! wechat-callback and ws-gateway on free loopback ports with benchmark
 //! flags, waiting for `/healthz`, reading RSS and metrics, and stopping them.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::cli::Common;
 use crate::http;
@@ -152,40 +149,43 @@ pub fn free_port() -> anyhow::Result<u16> {
     daemon_kit::accept::free_test_port().context("no free port")
 }
 
-/// A running daemon; killed if dropped without [`Daemon::stop`].
+/// A running daemon, started through the test kit's launcher
+/// (`e2e::Daemon`, which captures its stderr); killed if dropped without
+/// [`Daemon::stop`]. The log is written to the work dir when it stops, for
+/// `--keep-logs`.
 pub struct Daemon {
     pub name: &'static str,
-    child: Option<Child>,
+    inner: Option<e2e::Daemon>,
     log: PathBuf,
 }
 
 impl Daemon {
     fn spawn(env: &Env, name: &'static str, args: &[String]) -> anyhow::Result<Daemon> {
         let log = env.work_dir.join(format!("{name}-{}.log", env.next_id()));
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(env.bin_dir.join(name))
-            .args(args)
+        let mut cmd = Command::new(env.bin_dir.join(name));
+        cmd.args(args)
             .env("RUST_LOG", &env.daemon_log)
-            .envs(env.daemon_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(out))
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+            .envs(env.daemon_env.iter().map(|(k, v)| (k, v)));
+        let inner =
+            e2e::Daemon::try_spawn_command(cmd).with_context(|| format!("cannot start {name}"))?;
         Ok(Daemon {
             name,
-            child: Some(child),
+            inner: Some(inner),
             log,
         })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.inner.as_ref().map(e2e::Daemon::pid).unwrap_or(0)
     }
 
     /// The last lines the daemon logged.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self
+            .inner
+            .as_ref()
+            .map(e2e::Daemon::stderr)
+            .unwrap_or_else(|| std::fs::read_to_string(&self.log).unwrap_or_default());
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -193,11 +193,7 @@ impl Daemon {
     async fn wait_healthy(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + HEALTH_LIMIT;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.inner.as_mut().and_then(e2e::Daemon::try_wait) {
                 bail!(
                     "{} exited early ({status}):\n{}",
                     self.name,
@@ -223,35 +219,28 @@ impl Daemon {
 
     /// SIGTERM, then waits; SIGKILL after [`STOP_LIMIT`].
     pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut inner) = self.inner.take() else {
             bail!("{} already stopped", self.name);
         };
-        let pid = i32::try_from(child.id()).context("pid out of range")?;
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        inner.signal("TERM");
         let deadline = Instant::now() + STOP_LIMIT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
+        let outcome = loop {
+            if let Some(status) = inner.try_wait() {
+                break Ok(status);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
+                inner.kill();
+                break Err(anyhow::anyhow!(
                     "{} did not exit within {STOP_LIMIT:?} of SIGTERM",
                     self.name
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        };
+        // The reader thread may still hold the last lines for a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = std::fs::write(&self.log, inner.stderr());
+        outcome
     }
 }
 
