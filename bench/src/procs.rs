@@ -281,24 +281,12 @@ impl Stack {
         let notify_addr = loopback(free_port()?);
         let sim_base = format!("http://{sim_addr}");
 
-        let mut sim = Daemon::spawn(
-            env,
-            "wechat-sim",
-            &strings(&[
-                "--listen",
-                &sim_addr.to_string(),
-                "--app-id",
-                APP_ID,
-                "--app-secret",
-                APP_SECRET,
-                "--token",
-                TOKEN,
-                "--callback-url",
-                &format!("http://{callback_addr}/wechat"),
-                "--max-connections",
-                "30000",
-            ]),
-        )?;
+        let mut sim_flags = sim_args(sim_addr);
+        sim_flags.extend(strings(&[
+            "--callback-url",
+            &format!("http://{callback_addr}/wechat"),
+        ]));
+        let mut sim = Daemon::spawn(env, "wechat-sim", &sim_flags)?;
         sim.wait_healthy(sim_addr).await?;
 
         let mut gw_args = gateway_args(gateway_addr, notify_addr, opts.max_connections, &sim_base);
@@ -400,6 +388,23 @@ impl Stack {
     }
 }
 
+/// The simulator's flags: the benchmark account, room for every page's
+/// connection.
+fn sim_args(listen: SocketAddr) -> Vec<String> {
+    strings(&[
+        "--listen",
+        &listen.to_string(),
+        "--app-id",
+        APP_ID,
+        "--app-secret",
+        APP_SECRET,
+        "--token",
+        TOKEN,
+        "--max-connections",
+        "30000",
+    ])
+}
+
 /// A benchmark gateway's flags: no QR mint limit, the simulator's API.
 fn gateway_args(
     listen: SocketAddr,
@@ -444,22 +449,7 @@ impl Nodes {
     pub async fn start(env: &Env, n: usize, max_connections: usize) -> anyhow::Result<Nodes> {
         let sim_addr = loopback(free_port()?);
         let sim_base = format!("http://{sim_addr}");
-        let mut sim = Daemon::spawn(
-            env,
-            "wechat-sim",
-            &strings(&[
-                "--listen",
-                &sim_addr.to_string(),
-                "--app-id",
-                APP_ID,
-                "--app-secret",
-                APP_SECRET,
-                "--token",
-                TOKEN,
-                "--max-connections",
-                "30000",
-            ]),
-        )?;
+        let mut sim = Daemon::spawn(env, "wechat-sim", &sim_args(sim_addr))?;
         sim.wait_healthy(sim_addr).await?;
         let mut gateways = Vec::new();
         for node in 0..n {

@@ -11,7 +11,7 @@ use crate::stack::{Options, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn faults(stack: &Stack, body: Value) {
+pub(crate) async fn faults(stack: &Stack, body: Value) {
     let r = stack
         .http
         .post(format!("{}/sim/faults", stack.sim_url))
@@ -248,11 +248,7 @@ async fn a_login_pushed_by_an_instance_that_died_is_counted_once_by_the_next() {
 
     let pg = e2e::postgres::cluster();
     let url = pg.fresh_database("takeover");
-    let db = url
-        .rsplit_once('/')
-        .and_then(|(_, rest)| rest.split('?').next())
-        .unwrap()
-        .to_string();
+    let db = e2e::postgres::Cluster::database_of(&url);
     let stack = Stack::start(Options {
         db_url: Some(url),
         gateway_extra: vec!["--notify-require-ticket".into()],

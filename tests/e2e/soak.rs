@@ -80,17 +80,6 @@ fn told(answer: &Value) -> Told {
     }
 }
 
-async fn sim_faults(stack: &Stack, body: Value) {
-    let r = stack
-        .http
-        .post(format!("{}/sim/faults", stack.sim_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{body}");
-}
-
 fn gateway_rss(stack: &Stack) -> u64 {
     let pid = stack.gateway.as_ref().map(|g| g.pid()).unwrap_or(0);
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -110,11 +99,7 @@ async fn soak_with_an_exact_ledger() {
         .unwrap_or(12);
     let pg = e2e::postgres::cluster();
     let url = pg.fresh_database("soak");
-    let db = url
-        .rsplit_once('/')
-        .and_then(|(_, rest)| rest.split('?').next())
-        .unwrap()
-        .to_string();
+    let db = e2e::postgres::Cluster::database_of(&url);
     let mut stack = Stack::start(Options {
         db_url: Some(url),
         gateway_extra: vec![
@@ -142,7 +127,7 @@ async fn soak_with_an_exact_ledger() {
         // Faults for this round, from the round number (reproducible).
         let api_down = round % 4 == 1;
         if api_down {
-            sim_faults(
+            crate::faults::faults(
                 &stack,
                 json!({"fail_next": 6, "errcode": -1, "path": "/cgi-bin/user/info"}),
             )

@@ -285,6 +285,14 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The database name in one of [`Cluster::url`]'s URLs.
+    pub fn database_of(url: &str) -> String {
+        url.rsplit_once('/')
+            .and_then(|(_, rest)| rest.split('?').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Creates an empty database with a fresh name; returns its URL.
     pub fn fresh_database(&self, tag: &str) -> String {
         let name = format!("t_{tag}_{:08x}", rand::random::<u32>());
