@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 /// Names of settings that may come from `$CREDENTIALS_DIRECTORY/<name>`
-/// (systemd `LoadCredential=`).
-pub const CREDENTIAL_NAMES: [&str; 6] = [
+/// (systemd `LoadCredential=`): the secrets, and the callback's `db` (a
+/// PostgreSQL URL carries its password).
+pub const CREDENTIAL_NAMES: [&str; 7] = [
+    "db",
     "app_secret",
     "token",
     "encoding_aes_key",

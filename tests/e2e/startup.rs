@@ -360,6 +360,30 @@ async fn the_callback_waits_for_a_database_that_is_still_starting() {
     assert!(!cb.stderr().contains("right-password"), "{}", cb.stderr());
     cb.terminate();
 
+    // The URL, password included, as a systemd credential (`db`).
+    let creds = e2e::process::temp_dir("db-credential");
+    std::fs::write(creds.join("db"), format!("{good}\n")).unwrap();
+    let port = e2e::free_port();
+    let args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    let creds_dir = creds.display().to_string();
+    let mut cb = Daemon::spawn(
+        &bin,
+        &args,
+        &[
+            ("WECHAT_TOKEN", TOKEN),
+            ("CREDENTIALS_DIRECTORY", &creds_dir),
+        ],
+    );
+    cb.wait_healthy(&format!("http://127.0.0.1:{port}/healthz"))
+        .await;
+    assert!(
+        cb.stderr().contains("store=\"postgres\""),
+        "{}",
+        cb.stderr()
+    );
+    assert!(!cb.stderr().contains("right-password"), "{}", cb.stderr());
+    cb.terminate();
+
     // A wrong password ends the start at once.
     let args = vec![
         "--listen".to_string(),
