@@ -158,6 +158,12 @@ pub struct PushArgs {
     /// Lines per paced run (default 20,000; --tiny 500).
     #[arg(long)]
     pub paced_lines: Option<usize>,
+    /// Abusive clients during a second paced run, in the same stack: this
+    /// many frame flooders (reconnecting when cut off), as many pages that
+    /// never read, and as many stalled handshakes (default 20; --tiny 4;
+    /// 0: no such run).
+    #[arg(long)]
+    pub abusers: Option<usize>,
 }
 
 /// When a pushed line stops counting against `--in-flight`.

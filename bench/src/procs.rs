@@ -255,6 +255,8 @@ pub struct StackOptions {
     pub encoding_aes_key: Option<String>,
     /// The callback's `--db` (a fresh SQLite file when `None`).
     pub db: Option<String>,
+    /// The gateway's `--qr-mint-rate` (0, no limit, when `None`).
+    pub qr_mint_rate: Option<u32>,
 }
 
 /// The three daemons, wired to each other.
@@ -289,7 +291,13 @@ impl Stack {
         let mut sim = Daemon::spawn(env, "wechat-sim", &sim_flags)?;
         sim.wait_healthy(sim_addr).await?;
 
-        let mut gw_args = gateway_args(gateway_addr, notify_addr, opts.max_connections, &sim_base);
+        let mut gw_args = gateway_args(
+            gateway_addr,
+            notify_addr,
+            opts.max_connections,
+            &sim_base,
+            opts.qr_mint_rate.unwrap_or(0),
+        );
         if let Some(s) = opts.qr_expire_seconds {
             gw_args.extend(strings(&["--qr-expire-seconds", &s.to_string()]));
         }
@@ -405,12 +413,14 @@ fn sim_args(listen: SocketAddr) -> Vec<String> {
     ])
 }
 
-/// A benchmark gateway's flags: no QR mint limit, the simulator's API.
+/// A benchmark gateway's flags: the simulator's API, QR codes minted per
+/// address per minute `mint_rate` (0: no limit).
 fn gateway_args(
     listen: SocketAddr,
     notify: SocketAddr,
     max_connections: usize,
     sim_base: &str,
+    mint_rate: u32,
 ) -> Vec<String> {
     strings(&[
         "--listen",
@@ -418,7 +428,7 @@ fn gateway_args(
         "--notify-listen",
         &notify.to_string(),
         "--qr-mint-rate",
-        "0",
+        &mint_rate.to_string(),
         "--max-connections",
         &max_connections.max(1).to_string(),
         "--wechat-api-base",
@@ -455,7 +465,7 @@ impl Nodes {
         for node in 0..n {
             let addr = loopback(free_port()?);
             let notify = loopback(free_port()?);
-            let mut args = gateway_args(addr, notify, max_connections, &sim_base);
+            let mut args = gateway_args(addr, notify, max_connections, &sim_base, 0);
             args.extend(strings(&["--node-id", &node.to_string()]));
             let mut daemon = Daemon::spawn(env, "ws-gateway", &args)?;
             daemon.wait_healthy(addr).await?;

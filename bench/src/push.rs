@@ -39,6 +39,7 @@ pub struct PushParams {
     pub paced_rate: f64,
     pub paced_lines: usize,
     pub warmup_lines: usize,
+    pub abusers: usize,
 }
 
 impl PushParams {
@@ -64,6 +65,7 @@ impl PushParams {
             paced_rate: args.paced_rate,
             paced_lines: args.paced_lines.unwrap_or(if tiny { 500 } else { 20_000 }),
             warmup_lines: (lines / 20).clamp(100, 5_000),
+            abusers: args.abusers.unwrap_or(if tiny { 4 } else { 20 }),
         }
     }
 }
@@ -103,12 +105,16 @@ pub async fn run(env: &Env, p: &PushParams, report: &mut Report) -> anyhow::Resu
             "paced_rate": p.paced_rate,
             "paced_lines": p.paced_lines,
             "warmup_lines": p.warmup_lines,
+            "abusers": p.abusers,
         }),
     );
     let stack = Stack::start(
         env,
         &StackOptions {
-            max_connections: p.connections + 64,
+            max_connections: p.connections + 3 * p.abusers + 64,
+            // With abusers, the production per-address mint limit: each
+            // page has an address of its own, the flooders do not.
+            qr_mint_rate: (p.abusers > 0).then_some(120),
             ..StackOptions::default()
         },
     )
@@ -249,6 +255,39 @@ async fn measure(
                 None,
             );
         }
+    }
+    if p.abusers > 0 && p.paced_lines > 0 && p.paced_rate > 0.0 {
+        let label = format!("push.paced_{}.under_abuse", p.paced_rate);
+        let abuse = Abuse::start(stack.gateway_addr, p.abusers);
+        // Let the abusers get going before the pushes start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for run in 0..env.runs {
+            let r = once(p.paced_lines, 1, Some(p.paced_rate)).await?;
+            println!(
+                "  {label} run {}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} flooder connections cut off so far)",
+                run + 1,
+                r.latency.p50,
+                r.latency.p99,
+                r.latency.max,
+                abuse.cut_off.load(Ordering::Relaxed)
+            );
+            if r.delivered < p.paced_lines {
+                report.fail(format!(
+                    "{label}: only {} of {} pushes reached their page",
+                    r.delivered, p.paced_lines
+                ));
+            }
+            report.add(&format!("{label}.p50"), "µs", r.latency.p50, None);
+            report.add(&format!("{label}.p99"), "µs", r.latency.p99, at_most(300.0));
+            report.add(&format!("{label}.max"), "µs", r.latency.max, None);
+        }
+        report.add(
+            &format!("{label}.flooders_cut_off"),
+            "connections",
+            abuse.cut_off.load(Ordering::Relaxed) as f64,
+            None,
+        );
+        abuse.stop();
     }
     if recorder.unexpected.load(Ordering::Relaxed) > 0 {
         report.fail(format!(
@@ -478,4 +517,62 @@ async fn bus_connection(
     }
     let answers = reader.await.context("bus reader")??;
     Ok(answers)
+}
+
+/// Abusive clients for the `under_abuse` run: frame flooders (each sends
+/// `ping` commands as fast as it can and reconnects when the gateway cuts
+/// it off), pages that never read, and handshakes that never finish.
+struct Abuse {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Flooder connections the gateway closed.
+    cut_off: Arc<AtomicU64>,
+}
+
+impl Abuse {
+    fn start(gateway: SocketAddr, n: usize) -> Abuse {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let cut_off = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            // Sources far from the fleet's, so per-address limits see them apart.
+            let src = crate::ws_clients::source_ip(3_000 + i);
+            let cut = cut_off.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((ws, _)) = crate::ws_clients::connect(gateway, src).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let (mut tx, mut rx) = ws.split();
+                    let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
+                    while tx.send(Message::text(r#"{"cmd":"ping"}"#)).await.is_ok() {}
+                    drain.abort();
+                    cut.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+            let src = crate::ws_clients::source_ip(3_500 + i);
+            tasks.push(tokio::spawn(async move {
+                // A page that never reads: holds its socket until the end.
+                if let Ok((ws, _)) = crate::ws_clients::connect(gateway, src).await {
+                    std::future::pending::<()>().await;
+                    drop(ws);
+                }
+            }));
+            tasks.push(tokio::spawn(async move {
+                // Half a handshake, then silence.
+                if let Ok(mut s) = TcpStream::connect(gateway).await {
+                    let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+                    std::future::pending::<()>().await;
+                }
+            }));
+        }
+        Abuse { tasks, cut_off }
+    }
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
