@@ -318,6 +318,19 @@ fn seen(stored: Option<Vec<u8>>, body_sha1: &[u8; 20]) -> Seen {
     }
 }
 
+/// A stored schema `version` this binary can use (it knows `known`
+/// migrations); a newer one is [`StoreError::TooNew`].
+fn known_version(version: i64, known: usize) -> Result<(), StoreError> {
+    let known = known as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    Ok(())
+}
+
 /// Whether a claim made at `claimed_at` may be taken over at `now`.
 fn is_stale(claimed_at: i64, now: i64) -> bool {
     now - claimed_at >= STALE_CLAIM.as_secs() as i64

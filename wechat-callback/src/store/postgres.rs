@@ -25,7 +25,7 @@ use tokio_postgres::config::Host;
 
 use super::{
     Claim, EVENT_RETENTION, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError, Taken,
-    UserRecord, is_stale, seen, taken,
+    UserRecord, is_stale, known_version, seen, taken,
 };
 use crate::envelope::Reply;
 use protocol::wechat::unix_now as now_secs;
@@ -229,12 +229,7 @@ impl Postgres {
             let found = schema_version(&client).await;
             drop(client);
             let _ = conn.await;
-            let found = found?;
-            let known = MIGRATIONS.len() as i64;
-            if found > known {
-                return Err(StoreError::TooNew { found, known });
-            }
-            Ok(())
+            known_version(found?, MIGRATIONS.len())
         })
     }
 
@@ -257,18 +252,9 @@ impl Postgres {
             .await?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS scan_login_schema (version BIGINT NOT NULL)")
             .await?;
-        let version: i64 = tx
-            .query_opt("SELECT version FROM scan_login_schema", &[])
-            .await?
-            .map(|r| r.get(0))
-            .unwrap_or(0);
+        let version = stored_version(&*tx).await?;
+        known_version(version, MIGRATIONS.len())?;
         let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await?;
             tracing::info!(version = i + 1, "database migrated");
@@ -598,6 +584,11 @@ async fn schema_version(client: &tokio_postgres::Client) -> Result<i64, StoreErr
     if !exists {
         return Ok(0);
     }
+    stored_version(client).await
+}
+
+/// The version row of an existing `scan_login_schema` (0 when empty).
+async fn stored_version(client: &impl tokio_postgres::GenericClient) -> Result<i64, StoreError> {
     Ok(client
         .query_opt("SELECT version FROM scan_login_schema", &[])
         .await?

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Claim, EVENT_RETENTION, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError, Taken,
-    UserRecord, is_stale, seen, taken,
+    UserRecord, is_stale, known_version, seen, taken,
 };
 use crate::envelope::Reply;
 
@@ -91,14 +91,7 @@ impl Sqlite {
             let conn =
                 Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            let known = MIGRATIONS.len() as i64;
-            if version > known {
-                return Err(StoreError::TooNew {
-                    found: version,
-                    known,
-                });
-            }
-            return Ok(());
+            return known_version(version, MIGRATIONS.len());
         }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -388,13 +381,7 @@ impl Sqlite {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
-    }
+    known_version(version, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
