@@ -116,6 +116,13 @@ def write(target, name, data):
     (d / name).write_bytes(data)
 
 
+def write_each(target, prefix, items, head=b"", tail=b""):
+    """One seed per item, named prefix_<index>, between head and tail."""
+    for i, item in enumerate(items):
+        data = item.encode() if isinstance(item, str) else item
+        write(target, f"{prefix}_{i}", head + data + tail)
+
+
 def main():
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
@@ -165,21 +172,18 @@ def main():
         '{"ok":false,"error":"line_too_long"}',
         '{"ok":false,"error":"some_new_code"}',
     ]
-    for i, line in enumerate(requests):
-        write("bus_lines", f"request_{i}", b"\x80\x01" + line.encode() + b"\n")
+    write_each("bus_lines", "request", requests, b"\x80\x01", b"\n")
     write("bus_lines", "requests_crlf_chunked", b"\x80\x2a" + "\r\n".join(requests).encode() + b"\r\n")
     write("bus_lines", "bad_lines", b"\x80\x07" + "\n".join(bad).encode() + b"\n")
-    for i, line in enumerate(answers):
-        write("bus_lines", f"answer_{i}", b"\x80\x03" + line.encode() + b"\n")
+    write_each("bus_lines", "answer", answers, b"\x80\x03", b"\n")
     write("bus_lines", "no_final_newline", b"\x80\x05" + requests[0].encode() + b"\n" + requests[1].encode())
     write("bus_lines", "too_long_small_max", b"\x40\x09" + requests[0].encode() + b"\n" + requests[3].encode() + b"\n")
     write("bus_lines", "empty_lines", b"\x10\x00\n\n\r\n" + answers[0].encode() + b"\n")
 
     # 4. event_key: EventKey values as WeChat sends them.
-    for i, key in enumerate(["qrscene_1048577", "100", "1048577", "qrscene_123123", "2147483647",
-                             "4294967295", "4294967296", "qrscene_abc", "", "0", "MENU_KEY",
-                             "qrscene_", "+12"]):
-        write("event_key", f"key_{i}", key)
+    write_each("event_key", "key", ["qrscene_1048577", "100", "1048577", "qrscene_123123",
+                                    "2147483647", "4294967295", "4294967296", "qrscene_abc", "",
+                                    "0", "MENU_KEY", "qrscene_", "+12"])
     write("event_key", "scene_le_bytes", struct.pack("<I", (3 << 27) | (1 << 20)))
 
     # 5. ws_frame: browser commands, and the server's frames.
@@ -196,8 +200,7 @@ def main():
         '{"message_type":"qrcode_expired"}',
         '{"message_type":"pong"}',
     ]
-    for i, f in enumerate(frames):
-        write("ws_frame", f"frame_{i}", f)
+    write_each("ws_frame", "frame", frames)
 
     # 6. config_toml: settings files (keys of fuzz_targets/config_toml.rs,
     # and the deployed files, whose keys it does not know).
@@ -219,8 +222,7 @@ def main():
         'proxy = [[1], {a = 1}]\n',
         "",
     ]
-    for i, t in enumerate(tomls):
-        write("config_toml", f"settings_{i}", t)
+    write_each("config_toml", "settings", tomls)
     for f in sorted((ROOT / "deploy/config").glob("*.toml")):
         write("config_toml", f"deploy_{f.stem}", f.read_bytes())
 

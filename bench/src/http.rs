@@ -48,7 +48,8 @@ impl Conn {
         Ok(self.sender.insert(sender))
     }
 
-    /// Sends one request and reads the whole answer.
+    /// Sends one request and reads the whole answer, within
+    /// `REQUEST_TIMEOUT`.
     pub async fn request(
         &mut self,
         method: Method,
@@ -56,55 +57,45 @@ impl Conn {
         content_type: Option<&str>,
         body: Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
-        tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.request_inner(method, path_and_query, content_type, body),
-        )
+        let addr = self.addr;
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            // A kept-alive connection the server closed is reopened once.
+            for attempt in 0..2 {
+                let mut builder = Request::builder()
+                    .method(method.clone())
+                    .uri(path_and_query)
+                    .header(HOST, &self.host);
+                if let Some(t) = content_type {
+                    builder = builder.header(CONTENT_TYPE, t);
+                }
+                let req = builder.body(Full::new(body.clone()))?;
+                let reusable = match self.sender.as_mut() {
+                    Some(s) => s.ready().await.is_ok(),
+                    None => false,
+                };
+                let sender = match self.sender.as_mut() {
+                    Some(s) if reusable => s,
+                    _ => self.connect().await?,
+                };
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await?.to_bytes();
+                        return Ok((status, body));
+                    }
+                    Err(e) if attempt == 0 && reusable && e.is_canceled() => {
+                        self.sender = None;
+                    }
+                    Err(e) => {
+                        self.sender = None;
+                        return Err(e).with_context(|| format!("request to {}", self.addr));
+                    }
+                }
+            }
+            anyhow::bail!("request to {} failed twice", self.addr)
+        })
         .await
-        .with_context(|| format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.addr))?
-    }
-
-    async fn request_inner(
-        &mut self,
-        method: Method,
-        path_and_query: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        // A kept-alive connection the server closed is reopened once.
-        for attempt in 0..2 {
-            let mut builder = Request::builder()
-                .method(method.clone())
-                .uri(path_and_query)
-                .header(HOST, &self.host);
-            if let Some(t) = content_type {
-                builder = builder.header(CONTENT_TYPE, t);
-            }
-            let req = builder.body(Full::new(body.clone()))?;
-            let reusable = match self.sender.as_mut() {
-                Some(s) => s.ready().await.is_ok(),
-                None => false,
-            };
-            let sender = match self.sender.as_mut() {
-                Some(s) if reusable => s,
-                _ => self.connect().await?,
-            };
-            match sender.send_request(req).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    return Ok((status, body));
-                }
-                Err(e) if attempt == 0 && reusable && e.is_canceled() => {
-                    self.sender = None;
-                }
-                Err(e) => {
-                    self.sender = None;
-                    return Err(e).with_context(|| format!("request to {}", self.addr));
-                }
-            }
-        }
-        anyhow::bail!("request to {} failed twice", self.addr)
+        .with_context(|| format!("no answer from {addr} within {REQUEST_TIMEOUT:?}"))?
     }
 }
 

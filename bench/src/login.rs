@@ -31,7 +31,7 @@ use crate::cli::{LoginArgs, LoginMode};
 use crate::http;
 use crate::procs::{APP_ID, Env, Stack, StackOptions, TOKEN};
 use crate::report::{Report, at_least, at_most};
-use crate::stats::{Latency, latency};
+use crate::stats::{Latency, stamped};
 use crate::ws_clients::{KeyBy, Recorder, lookup_fds, open_fleet};
 
 /// How long `scan_success` frames may keep arriving after the last answer.
@@ -492,34 +492,20 @@ async fn login_run(
             recorder.unexpected_sample().unwrap_or_default()
         ));
     }
-    let mut lat = Vec::with_capacity(n);
-    let mut rep = Vec::with_capacity(n);
-    let (mut first, mut last) = (u64::MAX, 0u64);
-    for i in 0..n {
-        let s = slots.sent[i].load(Ordering::Relaxed);
-        let a = recorder.arrived[i].load(Ordering::Relaxed);
-        let r = slots.replied[i].load(Ordering::Relaxed);
-        if s == 0 {
-            continue;
-        }
-        first = first.min(s);
-        if a > 0 {
-            lat.push(a.saturating_sub(s));
-            last = last.max(a);
-        }
-        if r > 0 {
-            rep.push(r.saturating_sub(s));
-        }
-    }
-    let secs = last.saturating_sub(first) as f64 / 1e9;
+    let st = stamped(
+        (0..n).map(|i| {
+            (
+                slots.sent[i].load(Ordering::Relaxed),
+                recorder.arrived[i].load(Ordering::Relaxed),
+                slots.replied[i].load(Ordering::Relaxed),
+            )
+        }),
+        delivered,
+    );
     Ok(LoginResult {
-        latency: latency(lat),
-        reply_latency: latency(rep),
-        logins_per_s: if secs > 0.0 {
-            delivered as f64 / secs
-        } else {
-            f64::NAN
-        },
+        latency: st.arrival,
+        reply_latency: st.answer,
+        logins_per_s: st.per_s,
     })
 }
 

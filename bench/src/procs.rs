@@ -529,16 +529,18 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
     // After ")": state is index 0, utime (field 14) index 11, stime index 12.
-    let total = ticks(11) + ticks(12);
+    Ok(ticks_to_time(ticks(11) + ticks(12)))
+}
+
+/// Clock ticks (as `/proc` counts them) as time.
+fn ticks_to_time(ticks: u64) -> Duration {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .and_then(|v| u64::try_from(v).ok())
         .filter(|&v| v > 0)
         .unwrap_or(100);
-    Ok(Duration::from_nanos(
-        total.saturating_mul(1_000_000_000) / hz,
-    ))
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
 }
 
 /// CPU time of each daemon and of this process, to attribute a phase's
@@ -594,13 +596,7 @@ pub fn machine_busy() -> Duration {
                 .sum()
         })
         .unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .and_then(|v| u64::try_from(v).ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(100);
-    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
+    ticks_to_time(ticks)
 }
 
 /// CPU time of this process plus its reaped children (the daemons and
@@ -646,14 +642,20 @@ mod tests {
 
     #[test]
     fn own_cpu_time_is_readable() {
+        // Spins until the reading grows (a tick is 10 ms), within a
+        // minute of wall time however loaded the machine is.
         let t0 = cpu_time(std::process::id()).unwrap();
-        let mut x = 0u64;
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(50) {
-            x = x.wrapping_add(1);
+        let mut x = 0u64;
+        while cpu_time(std::process::id()).unwrap() <= t0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "CPU time never grew"
+            );
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
-        assert!(x > 0);
-        assert!(cpu_time(std::process::id()).unwrap() > t0);
     }
 
     #[test]

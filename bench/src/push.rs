@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::cli::{InFlightUntil, PushArgs};
 use crate::procs::{Env, Stack, StackOptions};
 use crate::report::{Report, Target, at_least, at_most};
-use crate::stats::{Latency, latency};
+use crate::stats::{Latency, stamped};
 use crate::ws_clients::{KeyBy, Recorder, lookup_fds, open_fleet};
 
 /// How long pushes may keep arriving after the bus answered the last line.
@@ -362,35 +362,22 @@ pub async fn push_once(
     }
     let delivered = recorder.wait_for(lines - answers.busy, DRAIN_LIMIT).await;
     recorder.set_release(Vec::new());
-    let mut lat = Vec::with_capacity(lines);
-    let mut ans = Vec::with_capacity(lines);
-    let (mut first_sent, mut last_arrival) = (u64::MAX, 0u64);
-    for seq in 0..lines {
-        let s = sent[seq].load(Ordering::Relaxed);
-        let a = recorder.arrived[seq].load(Ordering::Relaxed);
-        let r = answered[seq].load(Ordering::Relaxed);
-        if s > 0 {
-            first_sent = first_sent.min(s);
-            if a > 0 {
-                lat.push(a.saturating_sub(s));
-                last_arrival = last_arrival.max(a);
-            }
-            if r > 0 {
-                ans.push(r.saturating_sub(s));
-            }
-        }
-    }
-    let secs = last_arrival.saturating_sub(first_sent) as f64 / 1e9;
+    let st = stamped(
+        (0..lines).map(|seq| {
+            (
+                sent[seq].load(Ordering::Relaxed),
+                recorder.arrived[seq].load(Ordering::Relaxed),
+                answered[seq].load(Ordering::Relaxed),
+            )
+        }),
+        delivered,
+    );
     Ok(PushResult {
         delivered,
         busy: answers.busy,
-        latency: latency(lat),
-        answer_latency: latency(ans),
-        lines_per_s: if secs > 0.0 {
-            delivered as f64 / secs
-        } else {
-            f64::NAN
-        },
+        latency: st.arrival,
+        answer_latency: st.answer,
+        lines_per_s: st.per_s,
     })
 }
 

@@ -32,6 +32,42 @@ pub fn latency(mut samples_ns: Vec<u64>) -> Latency {
     }
 }
 
+/// One run's timestamps summed up: latency from send to arrival and from
+/// send to answer, and `delivered` over the span from the first send to the
+/// last arrival (per second; NaN for an empty span).
+pub struct Stamped {
+    pub arrival: Latency,
+    pub answer: Latency,
+    pub per_s: f64,
+}
+
+/// Sums up `(sent, arrived, answered)` timestamps in nanoseconds, 0 for
+/// never (an item never sent is skipped).
+pub fn stamped(stamps: impl Iterator<Item = (u64, u64, u64)>, delivered: usize) -> Stamped {
+    let (mut arrival, mut answer) = (Vec::new(), Vec::new());
+    let (mut first_sent, mut last_arrival) = (u64::MAX, 0u64);
+    for (s, a, r) in stamps.filter(|&(s, _, _)| s > 0) {
+        first_sent = first_sent.min(s);
+        if a > 0 {
+            arrival.push(a.saturating_sub(s));
+            last_arrival = last_arrival.max(a);
+        }
+        if r > 0 {
+            answer.push(r.saturating_sub(s));
+        }
+    }
+    let secs = last_arrival.saturating_sub(first_sent) as f64 / 1e9;
+    Stamped {
+        arrival: latency(arrival),
+        answer: latency(answer),
+        per_s: if secs > 0.0 {
+            delivered as f64 / secs
+        } else {
+            f64::NAN
+        },
+    }
+}
+
 /// Nearest-rank index of quantile `q` in `n` sorted samples.
 fn rank(n: usize, q: f64) -> usize {
     let r = (q * n as f64).ceil() as usize;

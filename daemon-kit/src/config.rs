@@ -271,14 +271,7 @@ fn read_toml(path: &Path) -> Result<Vec<(String, String, bool)>, ConfigError> {
         })?;
     let mut out = Vec::with_capacity(table.len());
     for (key, value) in table {
-        let flag_value = scalar(&value).or_else(|| match &value {
-            toml::Value::Array(items) => items
-                .iter()
-                .map(scalar)
-                .collect::<Option<Vec<_>>>()
-                .map(|v| v.join(",")),
-            _ => None,
-        });
+        let flag_value = flag_value(&value);
         let is_string = matches!(value, toml::Value::String(_));
         match flag_value {
             Some(v) => out.push((key, v, is_string)),
@@ -291,6 +284,20 @@ fn read_toml(path: &Path) -> Result<Vec<(String, String, bool)>, ConfigError> {
         }
     }
     Ok(out)
+}
+
+/// A TOML value as the flag value it stands for: scalars as written, a
+/// list of scalars joined with `,`; `None` for tables, dates and nested
+/// lists (the file is refused).
+pub fn flag_value(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        other => scalar(other),
+    }
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {

@@ -3,15 +3,15 @@
 //! list) and the input as the TOML file given with `--config` (one temp
 //! file per process, rewritten for every input: see `path`). Any `Err` is
 //! fine; a panic is a bug. When it loads, each key the file sets is what
-//! the setting holds (the file's value as a flag value: scalars as
-//! written, lists joined with `,`).
+//! the setting holds (the file's value as `flag_value` reads it: scalars
+//! as written, lists joined with `,`).
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use clap::{ArgAction, Parser};
-use daemon_kit::config::{bool_flag, load_from};
+use daemon_kit::config::{bool_flag, flag_value, load_from};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Parser, Debug)]
@@ -43,27 +43,6 @@ fn path() -> &'static PathBuf {
             std::process::id()
         ))
     })
-}
-
-/// A TOML value as `load_from` turns it into a flag value.
-fn flag_value(v: &toml::Value) -> Option<String> {
-    fn scalar(v: &toml::Value) -> Option<String> {
-        match v {
-            toml::Value::String(s) => Some(s.clone()),
-            toml::Value::Integer(i) => Some(i.to_string()),
-            toml::Value::Float(f) => Some(f.to_string()),
-            toml::Value::Boolean(b) => Some(b.to_string()),
-            _ => None,
-        }
-    }
-    match v {
-        toml::Value::Array(items) => items
-            .iter()
-            .map(scalar)
-            .collect::<Option<Vec<_>>>()
-            .map(|v| v.join(",")),
-        other => scalar(other),
-    }
 }
 
 fn boolish(s: &str) -> Option<bool> {

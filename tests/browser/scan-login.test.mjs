@@ -51,16 +51,31 @@ fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const children = new Set();
 
-/** A free TCP port on 127.0.0.1 (bind port 0, read it, close). */
-function freePort() {
-  return new Promise((resolve, reject) => {
+/**
+ * A TCP port on 127.0.0.1 that is free now, for a daemon started later:
+ * drawn at random below the kernel's ephemeral range, where no outgoing
+ * connection takes it as its source port in between (a port from bind(0)
+ * comes from that very range), as the Rust test kit does.
+ */
+async function freePort() {
+  let low = 32768;
+  try {
+    low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch { /* not Linux: the default range */ }
+  for (let i = 0; i < 64 && low > 12000; i++) {
+    const port = 10000 + Math.floor(Math.random() * (low - 10000));
+    if (await canBind(port)) return port;
+  }
+  throw new Error(`no free port below ${low}`);
+}
+
+/** Whether `port` on 127.0.0.1 can be bound now (it is released at once). */
+function canBind(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
   });
 }
 
@@ -134,33 +149,9 @@ function sendLine(port, line) {
   });
 }
 
-/**
- * Sends one NDJSON line to the gateway's notify port and returns the answer
- * line, with `nc -N` as the contract shows (or a plain socket where there is
- * no nc).
- */
+/** Sends one bus request (a JSON object) and returns the answer line. */
 function notify(port, obj) {
-  const line = JSON.stringify(obj) + '\n';
-  return new Promise((resolve, reject) => {
-    const nc = spawn('nc', ['-N', HOST, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { nc.kill('SIGKILL'); reject(new Error(`nc timed out; got ${out}`)); }, 5000);
-    nc.stdout.on('data', (d) => { out += d; });
-    nc.stderr.on('data', (d) => { err += d; });
-    nc.on('error', (e) => {
-      clearTimeout(timer);
-      if (e.code !== 'ENOENT') return reject(e);
-      // No nc on this machine: same thing with a socket.
-      sendLine(port, JSON.stringify(obj)).then(resolve, reject);
-    });
-    nc.on('exit', (code) => {
-      clearTimeout(timer);
-      if (code === 0 || out) resolve(out.trim());
-      else reject(new Error(`nc exited ${code}: ${err}`));
-    });
-    nc.stdin.end(line);
-  });
+  return sendLine(port, JSON.stringify(obj));
 }
 
 /** The ticket in a QR image URL ending in `?ticket=<urlencoded ticket>`. */
@@ -299,6 +290,36 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
     ...extra,
   ]);
 
+  /**
+   * Runs `body` with a wechat-callback started by `startCallback` (healthy
+   * first) and always stops it and removes its database afterwards: the
+   * next test starts its own callback on the same port.
+   */
+  async function withCallback(label, extra, body) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
+    let callback;
+    try {
+      callback = startCallback(label, dir, extra);
+      await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
+      await body();
+    } finally {
+      await stop(callback);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The login token the page shows: checks it is an HS256 JWT signed with
+   * `secret` and returns the claims the page decoded.
+   */
+  async function shownClaims(p, secret) {
+    const token = await p.locator('#r-token').textContent();
+    const [h, b, sig] = token.split('.');
+    const expected = crypto.createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url');
+    assert.equal(sig, expected, 'the token is an HS256 JWT signed with --login-token-secret');
+    return JSON.parse(await p.locator('#r-claims').textContent());
+  }
+
   before(async () => {
     for (const k of ['sim', 'cb', 'gw', 'notify', 'gw2', 'notify2']) ports[k] = await freePort();
     sim = start('wechat-sim', 'wechat-sim', [
@@ -422,12 +443,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
 
   it('(e) "Simulate scan" logs in through wechat-callback', async () => {
     const secret = 'browser-test-login-secret-0123456789ab';
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
-    let callback;
-    try {
-      callback = startCallback('wechat-callback', dir, ['--login-token-secret', secret]);
-      await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
-
+    await withCallback('wechat-callback', ['--login-token-secret', secret], async () => {
       const p = await newPage();
       await p.goto(`http://${HOST}:${ports.gw}/`);
       await waitState(p, 'qr');
@@ -440,22 +456,14 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
 
       const openid = await p.locator('#r-openid').textContent();
       assert.match(openid, /^demo-user-[0-9a-f]+$/);
-      const token = await p.locator('#r-token').textContent();
-      const [h, b, sig] = token.split('.');
-      const expected = crypto.createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url');
-      assert.equal(sig, expected, 'the token is an HS256 JWT signed with --login-token-secret');
-      const claims = JSON.parse(await p.locator('#r-claims').textContent());
+      const claims = await shownClaims(p, secret);
       assert.equal(claims.sub, openid);
       assert.equal(claims.nickname, await p.locator('#r-user').textContent());
       assert.ok(claims.exp > claims.iat);
       await shot(p, 'e-simulated-success');
       assertNoPageErrors(p);
       await p.context().close();
-    } finally {
-      // Always: the next test starts its own callback on the same port.
-      await stop(callback);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('(f) speaks Chinese to a Chinese browser', async () => {
@@ -474,12 +482,7 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
   it('(g) with --confirm-login a scan shows "scanned" until the user replies 1', async () => {
     const secret = 'browser-test-confirm-secret-0123456789';
     const openid = 'o_confirm_test';
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'scan-login-browser-'));
-    let callback;
-    try {
-      callback = startCallback('wechat-callback-confirm', dir, ['--confirm-login', '--login-token-secret', secret]);
-      await waitHealthy(`http://${HOST}:${ports.cb}`, callback);
-
+    await withCallback('wechat-callback-confirm', ['--confirm-login', '--login-token-secret', secret], async () => {
       const p = await newPage();
       await p.goto(`http://${HOST}:${ports.gw}/`);
       await waitState(p, 'qr');
@@ -514,19 +517,12 @@ describe('login page in a real browser', { timeout: 240000 }, () => {
       await p.waitForSelector('#result:not([hidden])');
       assert.equal(await p.locator('#r-openid').textContent(), openid);
       assert.match(await p.locator('#login [role="status"]').textContent(), /^Logged in/);
-      const token = await p.locator('#r-token').textContent();
-      const [h, b, sig] = token.split('.');
-      const expected = crypto.createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url');
-      assert.equal(sig, expected, 'the token is an HS256 JWT signed with --login-token-secret');
-      const claims = JSON.parse(await p.locator('#r-claims').textContent());
+      const claims = await shownClaims(p, secret);
       assert.equal(claims.sub, openid);
       await shot(p, 'g-confirmed');
       assertNoPageErrors(p);
       await p.context().close();
-    } finally {
-      await stop(callback);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('(h) `redirect` POSTs the token as a form field, not in the URL', async () => {

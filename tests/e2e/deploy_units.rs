@@ -14,7 +14,7 @@ use e2e::process::{run_to_end, temp_dir};
 use e2e::wechat::{now, post_safe, reply_content, scan_event};
 use protocol::wechat::crypto::AesKey;
 
-use crate::stack::{AES_KEY, APPID, Browser, SECRET, TOKEN};
+use crate::stack::{AES_KEY, APPID, Browser, SECRET, TOKEN, fd_of, start_sim};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
@@ -94,22 +94,7 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
     }
     let env = [("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())];
 
-    let mut sim = Daemon::spawn(
-        &e2e::bin_path("wechat-sim"),
-        &[
-            "--listen",
-            &format!("127.0.0.1:{sim_port}"),
-            "--app-id",
-            APPID,
-            "--app-secret",
-            SECRET,
-            "--token",
-            TOKEN,
-        ]
-        .map(str::to_string),
-        &[],
-    );
-    sim.wait_healthy(&format!("{sim_url}/healthz")).await;
+    let _sim = start_sim(&format!("127.0.0.1:{sim_port}"), &[]).await;
 
     // ExecStartPre= must accept the configuration, then ExecStart= runs.
     let (program, args) = command(&gw_pre, &root, "");
@@ -143,18 +128,7 @@ async fn units_exec_lines_and_example_configs_log_users_in() {
     for (i, (port, _)) in instances.iter().enumerate() {
         let mut browser = Browser::connect(gw_port).await;
         let ticket = browser.ticket.clone();
-        let info: serde_json::Value = http
-            .get(format!(
-                "{sim_url}/sim/tickets/{}",
-                e2e::wechat::percent_encode(&ticket)
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let fd = info["scene_id"].as_u64().unwrap() as u32;
+        let fd = fd_of(&http, &sim_url, &ticket).await;
         let body = scan_event(openid, fd, &ticket, i > 0, now() + i as i64);
         // The credentials hold an EncodingAESKey, so the callback runs in
         // safe mode, as the console's 安全 setting has WeChat post.

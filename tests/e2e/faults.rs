@@ -135,12 +135,7 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
 
     const PAGES: usize = 500;
     let mut stack = Stack::start(Options {
-        gateway_extra: vec![
-            "--qr-mint-rate".into(),
-            "0".into(),
-            "--max-connections-per-ip".into(),
-            "0".into(),
-        ],
+        many_pages: true,
         ..Options::default()
     })
     .await;
@@ -218,12 +213,12 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
         }
     }
     let metrics = stack.callback_metrics().await;
-    let counted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wechat_callback_logins_total "))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .expect("logins metric");
-    assert_eq!(counted, logged_in, "counted logins = logins the pages got");
+    let counted = e2e::http::metric(&metrics, "wechat_callback_logins_total");
+    assert_eq!(
+        counted,
+        Some(logged_in as f64),
+        "counted logins = logins the pages got"
+    );
     assert!(
         logged_in > 0 && logged_in < PAGES,
         "the kill was not mid-burst: {logged_in}"
@@ -391,10 +386,7 @@ async fn a_full_disk_is_503_and_the_retry_succeeds_once_space_is_back() {
         "a frame arrived while the disk was full: {quiet:?}"
     );
     let metrics = stack.callback_metrics().await;
-    let errors = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("wechat_callback_store_errors_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
+    let errors = e2e::http::metric(&metrics, "wechat_callback_store_errors_total");
     assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
 
     // Space is back: WeChat's retry of the same request goes through.

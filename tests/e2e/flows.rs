@@ -14,20 +14,7 @@ fn reply(v: &Value) -> String {
 }
 
 fn check_token(token: &str, openid: &str, name: &str) {
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        sub: String,
-        nickname: String,
-        iat: i64,
-        exp: i64,
-    }
-    let c = jsonwebtoken::decode::<Claims>(
-        token,
-        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
-        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
-    )
-    .expect("token verifies with the shared secret")
-    .claims;
+    let c = e2e::token::verify(token, JWT_SECRET, None);
     assert_eq!(
         (c.sub.as_str(), c.nickname.as_str(), c.exp - c.iat),
         (openid, name, 300)

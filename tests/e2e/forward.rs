@@ -160,17 +160,8 @@ async fn own_codes_go_to_the_handler_get_stays_and_a_slow_handler_gives_success(
     );
     // URL verification is this daemon's.
     let q = signed_query(TOKEN, now());
-    let echo = http
-        .get(format!(
-            "{}/wechat?{q}&echostr=check123",
-            stack.callback_url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let url = format!("{}/wechat?{q}&echostr=check123", stack.callback_url);
+    let echo = e2e::http::get_text(&http, &url).await;
     assert_eq!(echo, "check123");
     assert_eq!(upstream.seen().len(), 1, "GET was forwarded");
     drop(stack);

@@ -21,7 +21,7 @@ use e2e::postgres::Cluster;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::stack::{APPID, Browser, JWT_SECRET, SECRET, TOKEN, sim_post};
+use crate::stack::{APPID, Browser, JWT_SECRET, SECRET, TOKEN, fd_of, s, sim_post, start_sim};
 
 const BUS_SECRET: &str = "multi-host-bus-secret-0123456789abcdef";
 const DB_PASSWORD: &str = "multihostdbpassword0123";
@@ -159,10 +159,6 @@ impl Drop for Net {
     }
 }
 
-fn s(v: &str) -> String {
-    v.to_string()
-}
-
 /// Browsers on a gateway, each with the openid that will scan it.
 async fn open_pages(gateway: &str, n: usize, prefix: &str) -> Vec<(Browser, String)> {
     let mut pages = Vec::new();
@@ -222,23 +218,11 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
         .iter()
         .map(|(h, p)| format!("http://{}:{p}/wechat", h.ip))
         .collect();
-    let mut sim = Daemon::spawn(
-        &e2e::bin_path("wechat-sim"),
-        &[
-            s("--listen"),
-            format!("{}:{sim_port}", net.gateway_ip),
-            s("--app-id"),
-            s(APPID),
-            s("--app-secret"),
-            s(SECRET),
-            s("--token"),
-            s(TOKEN),
-            s("--callback-url"),
-            callback_urls.join(","),
-        ],
-        &[],
-    );
-    sim.wait_healthy(&format!("{sim_url}/healthz")).await;
+    let mut sim = start_sim(
+        &format!("{}:{sim_port}", net.gateway_ip),
+        &[s("--callback-url"), callback_urls.join(",")],
+    )
+    .await;
 
     // A gateway node on each app host.
     let mut gateways = Vec::new();
@@ -302,18 +286,7 @@ async fn two_gateways_three_callbacks_postgres_and_a_callback_host_killed() {
     let mut pages = open_pages(&gw(h1), 6, "a").await;
     pages.extend(open_pages(&gw(h2), 6, "b").await);
     for (i, (b, _)) in pages.iter().enumerate() {
-        let v: Value = http
-            .get(format!(
-                "{sim_url}/sim/tickets/{}",
-                e2e::wechat::percent_encode(&b.ticket)
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let fd = v["scene_id"].as_u64().unwrap();
+        let fd = u64::from(fd_of(&http, &sim_url, &b.ticket).await);
         assert_eq!(
             fd >> 27,
             (i / 6) as u64,

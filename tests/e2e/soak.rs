@@ -1,7 +1,8 @@
 //! The soak: pages coming and going, scans through the simulator (with
-//! its retries), and faults at random (gateway restarts, user/info
-//! failing, pages closed before their scan, a code scanned twice), then an
-//! exact ledger over every scan:
+//! its retries), and faults at random (gateway restarts mid-burst, the
+//! WeChat API failing, slow or with its tokens expired, the store locked
+//! for seconds, pages closed before their scan, a code scanned twice),
+//! then an exact ledger over every scan:
 //!
 //! - "login successful" ⇔ exactly one `scan_success` for that user, on
 //!   the page scanned ⇔ a count of exactly 1 in the store;
@@ -13,7 +14,8 @@
 //!
 //! The store is PostgreSQL (a throwaway cluster), so the counts are read
 //! with psql. Length: `SCAN_LOGIN_SOAK_ROUNDS` (default 12, CI's short
-//! form; each round is a few seconds).
+//! form; each round is a few seconds). The faults are drawn from a seed
+//! the test prints; `SCAN_LOGIN_SOAK_SEED=N` replays a run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,44 @@ use crate::stack::{Browser, Options, Stack, sim_post};
 
 /// Pages opened per round.
 const PAGES_PER_ROUND: usize = 12;
+
+/// How long the test waits for a condition (pages seen closed, frames).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The fault schedule's random numbers (splitmix64: small, and the same
+/// sequence for the same seed on every machine).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+
+    fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+}
+
+/// Waits (bounded) until the gateway counts `n` open browser connections.
+async fn wait_open_connections(stack: &Stack, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = stack.gateway_metrics().await;
+        let open = e2e::http::metric(&m, "ws_gateway_connections_open");
+        if open == Some(n as f64) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway still counts {open:?} open connections, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A page whose frames a reader task collects.
 struct Page {
@@ -97,18 +137,23 @@ async fn soak_with_an_exact_ledger() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
+    let seed: u64 = std::env::var("SCAN_LOGIN_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("soak: seed {seed} (SCAN_LOGIN_SOAK_SEED={seed} replays these faults)");
+    let mut rng = Rng(seed);
     let pg = e2e::postgres::cluster();
     let url = pg.fresh_database("soak");
     let db = e2e::postgres::Cluster::database_of(&url);
     let mut stack = Stack::start(Options {
         db_url: Some(url),
-        gateway_extra: vec![
-            "--notify-require-ticket".into(),
-            "--qr-mint-rate".into(),
-            "0".into(),
-            "--max-connections-per-ip".into(),
-            "0".into(),
-        ],
+        gateway_extra: vec!["--notify-require-ticket".into()],
+        many_pages: true,
         ..Options::default()
     })
     .await;
@@ -117,28 +162,39 @@ async fn soak_with_an_exact_ledger() {
     let mut all_pages: Vec<Page> = Vec::new();
     let mut rss = Vec::new();
     let mut next_user = 0usize;
-    let mut restarts = 0;
-    for round in 0..rounds {
+    let mut faults: HashMap<&str, usize> = HashMap::new();
+    let mut refusals_at_least = 0;
+    for _round in 0..rounds {
         let mut pages = Vec::new();
         for _ in 0..PAGES_PER_ROUND {
             let id = all_pages.len() + pages.len();
             pages.push(open(&stack, id).await);
         }
-        // Faults for this round, from the round number (reproducible).
-        let api_down = round % 4 == 1;
-        if api_down {
-            crate::faults::faults(
-                &stack,
-                json!({"fail_next": 6, "errcode": -1, "path": "/cgi-bin/user/info"}),
-            )
-            .await;
+        // This round's faults, drawn from the seed.
+        let api = match rng.below(8) {
+            0 | 1 => {
+                let n = 1 + rng.below(6);
+                let code = [-1, 40001, 45009][rng.below(3) as usize];
+                Some(json!({"fail_next": n, "errcode": code, "path": "/cgi-bin/user/info"}))
+            }
+            2 => Some(json!({"latency_ms": 300 + rng.below(1200)})),
+            3 => Some(json!({"expire_tokens": true})),
+            _ => None,
+        };
+        if let Some(body) = &api {
+            *faults.entry("api").or_default() += 1;
+            crate::faults::faults(&stack, body.clone()).await;
         }
-        // Two pages close before their scan.
-        for p in pages.iter().take(2) {
+        let restart_after = rng.one_in(5).then(|| 3 + rng.below(6) as usize);
+        let lock_store_ms = rng.one_in(5).then(|| 1000 + rng.below(2000));
+        // Some pages close before their scan: those scans are refused.
+        let closed = 1 + rng.below(3) as usize;
+        for p in pages.iter().take(closed) {
             p.reader.abort();
         }
-        // Let the gateway see them go before their codes are scanned.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        refusals_at_least += closed + 1;
+        // The gateway has seen them go before their codes are scanned.
+        wait_open_connections(&stack, PAGES_PER_ROUND - closed).await;
         // Scans: one per page, and a second user on one page's code.
         let mut scans: Vec<(String, usize, String)> = pages
             .iter()
@@ -147,13 +203,14 @@ async fn soak_with_an_exact_ledger() {
                 (format!("o-soak-{next_user:06}"), p.id, p.ticket.clone())
             })
             .collect();
+        // A second user scans one live page's code (refused).
         next_user += 1;
+        let twice = &pages[closed + rng.below((PAGES_PER_ROUND - closed) as u64) as usize];
         scans.push((
             format!("o-soak-{next_user:06}"),
-            pages[5].id,
-            pages[5].ticket.clone(),
+            twice.id,
+            twice.ticket.clone(),
         ));
-        let restart_mid_round = round % 5 == 3;
         let sim = format!("{}/sim/scan", stack.sim_url);
         // Two at a time, so a restart lands in the middle of the burst.
         let limit = Arc::new(tokio::sync::Semaphore::new(2));
@@ -172,28 +229,69 @@ async fn soak_with_an_exact_ledger() {
                 })
             })
             .collect();
-        if restart_mid_round {
+        // The store locked for a while (every statement waits, some past
+        // the callback's 2 s bound: 503, and WeChat's retry).
+        let lock = lock_store_ms.map(|ms| {
+            *faults.entry("store_locked").or_default() += 1;
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || {
+                pg.psql(
+                    &db,
+                    &format!(
+                        "BEGIN; LOCK TABLE events, users IN ACCESS EXCLUSIVE MODE; \
+                         SELECT pg_sleep({ms} / 1000.0); COMMIT;"
+                    ),
+                )
+            })
+        });
+        if let Some(after) = restart_after {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while done.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < after {
                 assert!(tokio::time::Instant::now() < deadline, "the burst stalled");
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             stack.gateway.as_mut().expect("gateway").kill();
             stack.start_gateway().await;
-            restarts += 1;
+            *faults.entry("gateway_restarts").or_default() += 1;
+            refusals_at_least += 1;
         }
         let answers: Vec<Value> = join_all(tasks)
             .await
             .into_iter()
             .map(Result::unwrap)
             .collect();
+        if let Some(lock) = lock {
+            lock.await.unwrap();
+        }
+        if api.is_some() {
+            crate::faults::faults(&stack, json!({"latency_ms": 0, "fail_next": 0})).await;
+        }
         for ((openid, page, _), answer) in scans.into_iter().zip(&answers) {
             assert_eq!(answer["http_status"], 200, "{answer}");
             ledger.push((openid, page, told(answer)));
         }
-        // Pages of this round leave (as browsers do), after their frames
-        // have had time to arrive.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Pages of this round leave (as browsers do), once every page whose
+        // user was told "login successful" has its frame.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for (openid, page, told) in ledger.iter().rev().take(answers.len()) {
+            if *told != Told::LoggedIn {
+                continue;
+            }
+            let p = pages.iter().find(|p| p.id == *page).expect("a page");
+            while !p
+                .frames
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|f| f["openid"] == *openid)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{openid}: told logged in, no scan_success on page {page}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         for p in &pages {
             p.reader.abort();
         }
@@ -260,19 +358,19 @@ async fn soak_with_an_exact_ledger() {
         "{counts:?}"
     );
     println!(
-        "soak: {rounds} rounds, {} pages, {} scans, {restarts} gateway restarts: {tally:?}; gateway RSS per round (KiB): {:?}",
+        "soak: seed {seed}, {rounds} rounds, {} pages, {} scans, faults {faults:?}: {tally:?}; gateway RSS per round (KiB): {:?}",
         all_pages.len(),
         ledger.len(),
         rss.iter().map(|b| b / 1024).collect::<Vec<_>>()
     );
-    // Each round had logins and refusals (closed pages, a second user);
-    // a restart refuses more.
+    // Logins happened, and at least the refusals the faults guarantee
+    // (closed pages, a second user per round, one per restart).
     assert!(
-        tally.get("logged_in").copied().unwrap_or(0) >= rounds * 3,
+        tally.get("logged_in").copied().unwrap_or(0) >= rounds,
         "{tally:?}"
     );
     assert!(
-        tally.get("scan_again").copied().unwrap_or(0) >= rounds * 3 + restarts,
+        tally.get("scan_again").copied().unwrap_or(0) >= refusals_at_least,
         "{tally:?}"
     );
     // Memory does not grow with the rounds: the last rounds' RSS within

@@ -25,6 +25,9 @@ pub struct Options {
     pub sim_callback_timeout_ms: Option<u64>,
     pub callback_extra: Vec<String>,
     pub gateway_extra: Vec<String>,
+    /// Lift the gateway's per-address limits (code mints, connections):
+    /// every test page comes from 127.0.0.1.
+    pub many_pages: bool,
     /// The callback's `--db` (a fresh SQLite file when `None`).
     pub db_url: Option<String>,
 }
@@ -43,8 +46,27 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
-fn s(v: &str) -> String {
+pub fn s(v: &str) -> String {
     v.to_string()
+}
+
+/// The scene (fd) the simulator at `sim_url` recorded for a ticket.
+pub async fn fd_of(http: &reqwest::Client, sim_url: &str, ticket: &str) -> u32 {
+    let url = format!("{sim_url}/sim/tickets/{}", percent_encode(ticket));
+    let v = e2e::http::get_json(http, &url).await;
+    let fd = v["scene_id"].as_u64().expect("scene_id");
+    u32::try_from(fd).expect("a scene id is a u32")
+}
+
+/// Starts the simulator for the test account, listening on `listen`
+/// (`host:port`) with `extra` flags, and waits until it is healthy.
+pub async fn start_sim(listen: &str, extra: &[String]) -> Daemon {
+    let mut args = vec![s("--listen"), s(listen), s("--app-id"), s(APPID)];
+    args.extend([s("--app-secret"), s(SECRET), s("--token"), s(TOKEN)]);
+    args.extend_from_slice(extra);
+    let mut sim = Daemon::spawn(&e2e::bin_path("wechat-sim"), &args, &[]);
+    sim.wait_healthy(&format!("http://{listen}/healthz")).await;
+    sim
 }
 
 impl Stack {
@@ -55,26 +77,14 @@ impl Stack {
         let callback_url = format!("http://127.0.0.1:{cb_port}");
         let db = temp_dir("e2e").join("scan-login.db");
 
-        let mut sim_args = vec![
-            s("--listen"),
-            format!("127.0.0.1:{sim_port}"),
-            s("--app-id"),
-            s(APPID),
-            s("--app-secret"),
-            s(SECRET),
-            s("--token"),
-            s(TOKEN),
-            s("--callback-url"),
-            format!("{callback_url}/wechat"),
-        ];
+        let mut sim_args = vec![s("--callback-url"), format!("{callback_url}/wechat")];
         if options.safe_mode {
             sim_args.extend([s("--encoding-aes-key"), s(AES_KEY)]);
         }
         if let Some(ms) = options.sim_callback_timeout_ms {
             sim_args.extend([s("--callback-timeout-ms"), ms.to_string()]);
         }
-        let mut sim = Daemon::spawn(&e2e::bin_path("wechat-sim"), &sim_args, &[]);
-        sim.wait_healthy(&format!("{sim_url}/healthz")).await;
+        let sim = start_sim(&format!("127.0.0.1:{sim_port}"), &sim_args).await;
 
         let mut cb_args = vec![
             s("--listen"),
@@ -140,6 +150,9 @@ impl Stack {
             args.extend([s("--qr-expire-seconds"), secs.to_string()]);
         }
         args.extend(self.options.gateway_extra.iter().cloned());
+        if self.options.many_pages {
+            args.extend(["--qr-mint-rate", "0", "--max-connections-per-ip", "0"].map(s));
+        }
         let mut gw = Daemon::spawn(
             &e2e::bin_path("ws-gateway"),
             &args,
@@ -165,17 +178,7 @@ impl Stack {
 
     /// The scene (fd) the simulator recorded for a ticket.
     pub async fn fd_of(&self, ticket: &str) -> u32 {
-        let url = format!("{}/sim/tickets/{}", self.sim_url, percent_encode(ticket));
-        let v: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["scene_id"].as_u64().expect("scene_id") as u32
+        fd_of(&self.http, &self.sim_url, ticket).await
     }
 
     /// The user sends a text message from the phone; returns the
@@ -185,16 +188,15 @@ impl Stack {
         sim_post(&self.http, &format!("{}/sim/message", self.sim_url), &body).await
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn gateway_metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.gateway_port);
+        e2e::http::get_text(&self.http, &url).await
+    }
+
     /// The callback's `/metrics` text.
     pub async fn callback_metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.callback_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        e2e::http::get_text(&self.http, &format!("{}/metrics", self.callback_url)).await
     }
 
     /// The phone scans `ticket`; returns the simulator's answer.

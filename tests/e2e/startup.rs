@@ -6,27 +6,13 @@ use std::time::Duration;
 
 use e2e::Daemon;
 
-use crate::stack::{APPID, SECRET, TOKEN};
+use crate::stack::{APPID, SECRET, TOKEN, start_sim};
 
 /// A simulator with the stack's credentials, and its URL.
 async fn sim() -> (Daemon, String) {
     let port = e2e::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let args: Vec<String> = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--app-id",
-        APPID,
-        "--app-secret",
-        SECRET,
-        "--token",
-        TOKEN,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut d = Daemon::spawn(&e2e::bin_path("wechat-sim"), &args, &[]);
-    d.wait_healthy(&format!("{url}/healthz")).await;
+    let d = start_sim(&format!("127.0.0.1:{port}"), &[]).await;
     (d, url)
 }
 
@@ -342,13 +328,13 @@ async fn the_callback_waits_for_a_database_that_is_still_starting() {
         good.clone(),
     ];
     let mut cb = Daemon::spawn(&bin, &args, &env);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It says it waits, and does (wait_for_log fails if it exits).
+    cb.wait_for_log(Duration::from_secs(20), |log| {
+        log.contains("database unreachable; waiting for it")
+            .then_some(())
+    })
+    .await;
     assert!(cb.try_wait().is_none(), "still waiting:\n{}", cb.stderr());
-    assert!(
-        cb.stderr().contains("database unreachable; waiting for it"),
-        "{}",
-        cb.stderr()
-    );
     let cluster = tokio::task::spawn_blocking(move || {
         cluster.run();
         cluster

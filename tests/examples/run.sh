@@ -62,12 +62,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Four ports that are free now, drawn below the kernel's ephemeral range
+# (a bind(0) port comes from that range, where outgoing connections may
+# take it before the daemon binds it), as the Rust test kit does.
 read -r P_SIM P_CB P_GW P_BUS < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-for s in socks: s.close()')
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except OSError:
+    low = 32768
+ports = []
+for _ in range(256):
+    if len(ports) == 4:
+        break
+    p = random.randrange(10000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        if p not in ports:
+            ports.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+assert len(ports) == 4, "no free ports"
+print(*ports)')
 
 APP_ID=wxexample000000001
 APP_SECRET=s3cr3t

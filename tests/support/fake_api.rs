@@ -1,7 +1,7 @@
 //! A small fake of the WeChat API on a real socket: `stable_token`,
 //! `user/info` (nicknames only where set, as WeChat since 2021),
 //! `qrcode/create` (tickets with `+`, `/`, `=`), with latency and failures
-//! on demand and a count of calls per path.
+//! on demand, a count of calls per path and the AppSecrets it was given.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ struct State {
     latency: Duration,
     fail_next: Vec<(String, i64)>,
     calls: HashMap<String, usize>,
+    secrets: Vec<String>,
     tickets: usize,
 }
 
@@ -37,12 +38,18 @@ impl FakeApi {
             while let Ok((mut s, _)) = listener.accept().await {
                 let st = st.clone();
                 tokio::spawn(async move {
-                    let Some((path, query)) = read_request(&mut s).await else {
+                    let Some((path, query, body)) = read_request(&mut s).await else {
                         return;
                     };
                     let (latency, fail) = {
                         let mut g = st.lock().unwrap();
                         *g.calls.entry(path.clone()).or_default() += 1;
+                        if path == "/cgi-bin/stable_token" {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            let secret = v["secret"].as_str().unwrap_or_default();
+                            g.secrets.push(secret.to_string());
+                        }
                         let fail = g
                             .fail_next
                             .iter()
@@ -92,6 +99,11 @@ impl FakeApi {
             .push((path.into(), errcode));
     }
 
+    /// The AppSecret each `stable_token` call carried, in order.
+    pub fn secrets(&self) -> Vec<String> {
+        self.state.lock().unwrap().secrets.clone()
+    }
+
     /// Calls made to `path`.
     pub fn calls(&self, path: &str) -> usize {
         self.state
@@ -136,8 +148,8 @@ fn answer(st: &Mutex<State>, path: &str, query: &str) -> String {
     }
 }
 
-/// Reads one request; returns (path, query).
-async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+/// Reads one request; returns (path, query, body).
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -171,5 +183,6 @@ async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, String)>
     }
     let target = head.split_whitespace().nth(1)?.to_string();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    Some((path.to_string(), query.to_string()))
+    let body = buf.get(head_end..).unwrap_or_default().to_vec();
+    Some((path.to_string(), query.to_string(), body))
 }

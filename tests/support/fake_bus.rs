@@ -18,6 +18,8 @@ pub enum Mode {
     Delay(Duration),
     /// Reads but never answers.
     Silent,
+    /// Answers a complete line that is not an answer.
+    Garbage,
 }
 
 /// The fake bus; stops listening when dropped.
@@ -63,6 +65,7 @@ impl FakeBus {
                                 OK_LINE
                             }
                             (_, Mode::Silent) => continue,
+                            (_, Mode::Garbage) => b"this is not a gateway\n",
                         };
                         if w.write_all(answer).await.is_err() {
                             break;

@@ -7,8 +7,10 @@
 
 pub mod fake_api;
 pub mod fake_bus;
+pub mod http;
 pub mod postgres;
 pub mod process;
+pub mod token;
 pub mod wechat;
 
 pub use process::{Daemon, bin_path, free_port};

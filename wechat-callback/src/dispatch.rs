@@ -32,7 +32,7 @@ use crate::App;
 use crate::bus_client::NotifyError;
 use crate::envelope::Reply;
 use crate::single_flight::Joined;
-use crate::store::{Claim, PendingLogin, Recorded, StoreError, Taken, UserRecord};
+use crate::store::{Claim, NewLogin, PendingLogin, Recorded, StoreError, Taken, UserRecord};
 use crate::text::{device_summary, display_name, fill, render};
 
 /// How often a retry polls an event another instance is handling.
@@ -448,9 +448,9 @@ async fn complete_login(
         let render_name = name.clone();
         match app
             .store
-            .record_login(key.to_string(), user.clone(), move |count| {
+            .record_login(NewLogin::new(key, user.clone(), move |count| {
                 render(&template, &render_name, count)
-            })
+            }))
             .await
         {
             Ok(Recorded::AlreadyDone(reply)) => {

@@ -72,12 +72,11 @@ impl Cb {
             db.display().to_string(),
         ];
         if let Some(api) = api {
-            args.extend([
-                "--app-id".into(),
-                APPID.into(),
-                "--app-secret".into(),
-                "api-secret".into(),
-            ]);
+            args.extend(["--app-id".into(), APPID.into()]);
+            // The flag would override the environment's secret.
+            if !env.iter().any(|(k, _)| *k == "WECHAT_APP_SECRET") {
+                args.extend(["--app-secret".into(), "api-secret".into()]);
+            }
             args.extend(["--wechat-api-base".into(), api.base.clone()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -115,14 +114,7 @@ impl Cb {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        e2e::http::get_text(&self.http, &format!("{}/metrics", self.url)).await
     }
 }
 
@@ -201,6 +193,33 @@ async fn url_verification_echoes_only_when_signed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Signed, but no echostr, or one past 1,024 bytes: 400, nothing echoed.
+    let q = signed_query(TOKEN, now());
+    for (query, what) in [
+        (q.clone(), "no echostr"),
+        (format!("{q}&echostr={}", "e".repeat(1025)), "1,025 bytes"),
+    ] {
+        let r = cb
+            .http
+            .get(format!("{}/wechat?{query}", cb.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+        assert_eq!(r.text().await.unwrap(), "missing echostr\n", "{what}");
+    }
+    let r = cb
+        .http
+        .get(format!(
+            "{}/wechat?{q}&echostr={}",
+            cb.url,
+            "e".repeat(1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "1,024 bytes are echoed");
+    assert_eq!(r.text().await.unwrap().len(), 1024);
 }
 
 #[tokio::test]
@@ -281,22 +300,8 @@ async fn nickname_token_and_secret_reach_the_gateway() {
         line.secret.as_deref(),
         Some("bus-secret-1-0123456789abcdef01234")
     );
-    #[derive(serde::Deserialize)]
-    struct Claims {
-        sub: String,
-        nickname: String,
-        iat: i64,
-        exp: i64,
-        jti: String,
-    }
     let token = line.token.as_deref().expect("token");
-    let c = jsonwebtoken::decode::<Claims>(
-        token,
-        &jsonwebtoken::DecodingKey::from_secret(b"jwt-secret-1-0123456789abcdef0123"),
-        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
-    )
-    .unwrap()
-    .claims;
+    let c = e2e::token::verify(token, "jwt-secret-1-0123456789abcdef0123", None);
     assert_eq!(
         (c.sub.as_str(), c.nickname.as_str(), c.exp - c.iat),
         ("oAlice", "Alice", 300)
@@ -355,6 +360,10 @@ async fn bad_requests_are_refused_in_the_contract_order() {
         403
     );
     assert_eq!(cb.post("timestamp=1&nonce=2", body.clone()).await.0, 403);
+    // A correct signature over a timestamp that is not a number.
+    let sig = protocol::wechat::signature::signature(TOKEN, "soon", "2");
+    let q = format!("signature={sig}&timestamp=soon&nonce=2");
+    assert_eq!(cb.post(&q, body.clone()).await.0, 403);
     // Timestamp outside 300 s, either way (by a minute: a clock tick
     // between signing and checking must not bring it back inside).
     assert_eq!(
@@ -405,7 +414,7 @@ async fn bad_requests_are_refused_in_the_contract_order() {
     let m = cb.metrics().await;
     for needle in [
         "outcome=\"bad_signature\"} 2",
-        "outcome=\"stale_timestamp\"} 2",
+        "outcome=\"stale_timestamp\"} 3",
         "outcome=\"bad_xml\"} 3",
         "outcome=\"too_large\"} 3",
     ] {
@@ -635,14 +644,16 @@ async fn gateway_down_or_refusing_means_scan_again_and_no_count() {
     assert!(reply.contains("refresh the login page"), "{reply}");
     // The gateway comes back: the next scan works without restarting.
     let bus = FakeBus::start_at(&addr, Mode::Ok).await;
-    let mut reply = String::new();
-    for i in 0..40 {
-        reply = cb.scan("oDown", F + 61, "t", t + 1 + i).await.1;
-        if reply.contains("login successful") {
-            break;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    let reply = loop {
+        i += 1;
+        let reply = cb.scan("oDown", F + 61, "t", t + i).await.1;
+        if reply.contains("login successful") || tokio::time::Instant::now() > deadline {
+            break reply;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     assert_eq!(
         reply,
         "WeChat user Down, login successful! This is your 1st login."
@@ -662,6 +673,41 @@ async fn gateway_down_or_refusing_means_scan_again_and_no_count() {
     bus.set_mode(Mode::Ok);
     let (_, reply) = cb.scan("oDown", F + 63, "t", now() + 200).await;
     assert!(reply.ends_with("This is your 2nd login."), "{reply}");
+}
+
+/// A bus answer the callback cannot read, or none before the reply
+/// deadline: the page may or may not have the login, so the user is told
+/// it could not be confirmed, and nothing is counted; the next scan with a
+/// working gateway is the user's first login.
+#[tokio::test]
+async fn an_unreadable_or_missing_bus_answer_is_unconfirmed_and_not_counted() {
+    let bus = FakeBus::start(Mode::Garbage).await;
+    // The silent answer is waited for until the reply deadline less a
+    // 250 ms margin, then the user is told.
+    let cb = Cb::start(
+        &bus,
+        None,
+        &db("unreadable"),
+        &["--reply-deadline-ms", "1500", "--notify-timeout-ms", "200"],
+    )
+    .await;
+    let (status, reply) = cb.scan("oUnread", F + 64, "t", now()).await;
+    assert_eq!(status, 200);
+    assert!(reply.contains("could not be confirmed"), "{reply}");
+    bus.set_mode(Mode::Silent);
+    let (status, reply) = cb.scan("oUnread", F + 65, "t", now() + 1).await;
+    assert_eq!(status, 200);
+    assert!(reply.contains("could not be confirmed"), "{reply}");
+    let m = cb.metrics().await;
+    let failures = |kind: &str| {
+        let name = format!(r#"wechat_callback_notify_failures_total{{kind="{kind}"}}"#);
+        e2e::http::metric(&m, &name)
+    };
+    assert_eq!(failures("lost"), Some(1.0), "{m}");
+    assert_eq!(failures("timeout"), Some(1.0), "{m}");
+    bus.set_mode(Mode::Ok);
+    let (_, reply) = cb.scan("oUnread", F + 66, "t", now() + 2).await;
+    assert!(reply.ends_with("This is your 1st login."), "{reply}");
 }
 
 #[tokio::test]
@@ -785,8 +831,29 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
         ],
     )
     .await;
-    cb.scan("oSecret", F + 90, "t", now()).await;
-    cb.post(&signed_query("bad", now()), "<xml/>").await;
+    // A login that uses every secret: the token and the AES key to open and
+    // seal the callback, the AppSecret for the user lookup, the bus secret
+    // on the line, the JWT secret for the token the line carries.
+    let key = AesKey::from_encoding_aes_key(KEY1).unwrap();
+    let xml = scan_event("oSecret", F + 90, "t", false, now());
+    let (q, body) = encrypt_post(TOKEN, &key, APPID, &xml, now());
+    let (status, raw) = cb.post(&q, body).await;
+    assert_eq!(status, 200, "{raw}");
+    let (_, inner) = open_encrypted_reply(TOKEN, &key, &raw).unwrap();
+    let reply = reply_content(&inner).unwrap();
+    assert!(reply.contains("login successful"), "{reply}");
+    assert_eq!(api.secrets(), ["SECRET-app-5d6e"], "the AppSecret is used");
+    let line = &bus.lines()[0];
+    assert_eq!(
+        line.secret.as_deref(),
+        Some("SECRET-bus-91c2-0123456789abcdef0123"),
+        "the bus secret is used"
+    );
+    let token = line.token.as_deref().expect("a token");
+    e2e::token::verify(token, "SECRET-jwt-7f3a-0123456789abcdef0123", None);
+    // A request signed with another token, refused (and logged).
+    let (status, _) = cb.post(&signed_query("bad", now()), "<xml/>").await;
+    assert_eq!(status, 403);
     let status = cb.daemon.terminate();
     assert!(status.success(), "exit status {status}");
     let log = cb.daemon.stderr();
@@ -797,7 +864,6 @@ async fn secrets_never_reach_the_logs_and_sigterm_exits_zero() {
         "SECRET-app-5d6e",
         KEY1,
         TOKEN,
-        "api-secret",
     ] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
@@ -952,11 +1018,9 @@ async fn a_locked_store_is_503_and_the_retry_succeeds() {
         "WeChat user LOCK, login successful! This is your 1st login."
     );
     assert_eq!(bus.lines().len(), 1);
-    assert!(
-        cb.metrics()
-            .await
-            .contains("wechat_callback_store_errors_total")
-    );
+    let m = cb.metrics().await;
+    let errors = e2e::http::metric(&m, "wechat_callback_store_errors_total");
+    assert!(errors.is_some_and(|n| n >= 1.0), "{m}");
 }
 
 /// 0.1.0 held a connection slot for as long as a client cared to trickle

@@ -236,9 +236,15 @@ mod tests {
         .unwrap()
     }
 
+    /// `parse` with the account's three required flags and `extra`.
+    fn with_account(extra: &[&str]) -> Cli {
+        let account = ["--app-id", "wx1", "--app-secret", "s", "--token", "t"];
+        parse(&[&account[..], extra].concat())
+    }
+
     #[test]
     fn defaults_and_validation() {
-        let cli = parse(&["--app-id", "wx1", "--app-secret", "s", "--token", "t"]);
+        let cli = with_account(&[]);
         assert!(cli.command.is_none());
         let s = cli.server.settings().unwrap();
         assert_eq!(cli.server.listen.to_string(), "127.0.0.1:9000");
@@ -260,27 +266,9 @@ mod tests {
             cli.server.settings(),
             Err(ConfigError::Missing(m)) if m == "--app-id, --app-secret, --token"
         ));
-        let cli = parse(&[
-            "--app-id",
-            "wx1",
-            "--app-secret",
-            "s",
-            "--token",
-            "t",
-            "--encoding-aes-key",
-            "short",
-        ]);
+        let cli = with_account(&["--encoding-aes-key", "short"]);
         assert!(matches!(cli.server.settings(), Err(ConfigError::BadAesKey)));
-        let cli = parse(&[
-            "--app-id",
-            "wx1",
-            "--app-secret",
-            "s",
-            "--token",
-            "t",
-            "--callback-url",
-            "ftp://x/",
-        ]);
+        let cli = with_account(&["--callback-url", "ftp://x/"]);
         assert!(matches!(
             cli.server.settings(),
             Err(ConfigError::BadCallbackUrl(_))

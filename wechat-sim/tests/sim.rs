@@ -876,15 +876,7 @@ async fn cors_and_health() {
     let r = sim.http.get(sim.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
-    let m = sim
-        .http
-        .get(sim.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = e2e::http::get_text(&sim.http, &sim.url("/metrics")).await;
     assert!(m.contains("wechat_sim_api_calls_total"));
 }
 

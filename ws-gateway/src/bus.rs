@@ -389,3 +389,33 @@ fn answer(line: &[u8], gw: &Gateway) -> Outcome {
         Err(e) => Outcome::Now(Err(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line read before shutdown, for a page that shutdown then closed,
+    /// is answered `shutting_down` (the callback tells the user to scan
+    /// again), not `no_such_client`. Unit-tested: through real processes
+    /// the window between reading the line and the page closing is too
+    /// short to hit on purpose.
+    #[test]
+    fn a_line_for_a_page_gone_in_shutdown_is_shutting_down() {
+        let gw = crate::test_gateway();
+        let line = br#"{"type":"scan","fd":1048576,"nickname":"A"}"#;
+        let error = |o: Outcome| match o {
+            Outcome::Now(Err(e)) => e.answer_line(),
+            Outcome::Now(Ok(())) => panic!("answered ok"),
+            Outcome::Delivery(_) => panic!("queued a push for no page"),
+        };
+        assert_eq!(
+            error(answer(line, &gw)),
+            BusError::NoSuchClient.answer_line()
+        );
+        gw.shutdown.cancel();
+        let during = error(answer(line, &gw));
+        assert_eq!(during, BusError::ShuttingDown.answer_line());
+        let text = std::str::from_utf8(during).unwrap();
+        assert!(text.contains(r#""error":"shutting_down""#), "{text}");
+    }
+}

@@ -239,3 +239,41 @@ fn sweep(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
         async {}
     })
 }
+
+/// A gateway with default settings and no listeners, for unit tests of
+/// the pieces that take one (its API points at a closed port).
+#[cfg(test)]
+pub(crate) fn test_gateway() -> Arc<Gateway> {
+    let cfg = <crate::Config as clap::Parser>::try_parse_from([
+        "ws-gateway",
+        "--app-id",
+        "a",
+        "--app-secret",
+        "s",
+    ])
+    .unwrap();
+    let settings = cfg.validate().unwrap();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let api = wechat_api::WeChatApi::new(wechat_api::ApiConfig {
+        base: "http://127.0.0.1:9".into(),
+        app_id: "a".into(),
+        app_secret: "s".into(),
+        timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    Arc::new(Gateway {
+        registry: crate::registry::Registry::new(),
+        minter: Arc::new(crate::qr::Minter::new(api, 1, "x".into(), metrics.clone())),
+        limiter: crate::ratelimit::MintLimiter::new(0),
+        conn_limiter: crate::ratelimit::ConnLimiter::new(0),
+        page_infos: Default::default(),
+        trusted: Default::default(),
+        metrics,
+        pages: crate::page::Pages::new(""),
+        ws_permits: Arc::new(tokio::sync::Semaphore::new(1)),
+        ws_tasks: Default::default(),
+        shutdown: Default::default(),
+        health: Default::default(),
+        settings,
+    })
+}

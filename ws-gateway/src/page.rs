@@ -105,9 +105,8 @@ mod tests {
     fn page_has_the_placeholder_replaced() {
         let p = Pages::new("http://sim.example:9000");
         let body = String::from_utf8(p.index.to_vec()).unwrap();
-        if INDEX_HTML.contains(SIM_URL_PLACEHOLDER) {
-            assert!(body.contains("http://sim.example:9000"));
-        }
+        assert!(INDEX_HTML.contains(SIM_URL_PLACEHOLDER), "web/index.html");
+        assert!(body.contains("http://sim.example:9000"));
         assert!(!body.contains(SIM_URL_PLACEHOLDER));
         assert!(p.get("/scan-login.js").is_some());
         assert!(p.get("/scan-login.mjs").is_some());

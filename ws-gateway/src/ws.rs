@@ -725,38 +725,7 @@ mod tests {
     /// Rust 1.95 and tokio 1.54.)
     #[test]
     fn the_idle_connection_task_stays_small() {
-        let cfg = <crate::Config as clap::Parser>::try_parse_from([
-            "ws-gateway",
-            "--app-id",
-            "a",
-            "--app-secret",
-            "s",
-        ])
-        .unwrap();
-        let settings = cfg.validate().unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let api = wechat_api::WeChatApi::new(wechat_api::ApiConfig {
-            base: "http://127.0.0.1:9".into(),
-            app_id: "a".into(),
-            app_secret: "s".into(),
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap();
-        let gw = Arc::new(Gateway {
-            registry: crate::registry::Registry::new(),
-            minter: Arc::new(crate::qr::Minter::new(api, 1, "x".into(), metrics.clone())),
-            limiter: crate::ratelimit::MintLimiter::new(0),
-            conn_limiter: crate::ratelimit::ConnLimiter::new(0),
-            page_infos: Default::default(),
-            trusted: Default::default(),
-            metrics,
-            pages: crate::page::Pages::new(""),
-            ws_permits: Arc::new(tokio::sync::Semaphore::new(1)),
-            ws_tasks: Default::default(),
-            shutdown: Default::default(),
-            health: Default::default(),
-            settings,
-        });
+        let gw = crate::test_gateway();
         let mut req = hyper::Request::new(());
         let on_upgrade = hyper::upgrade::on(&mut req);
         let permit = gw.ws_permits.clone().try_acquire_owned().unwrap();

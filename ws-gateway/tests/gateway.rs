@@ -358,7 +358,6 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
     // Too soon after the last code: refused (and the refusal does not count).
     send_text(&mut a.ws, r#"{"cmd":"refresh"}"#).await;
     expect_error(&mut a.ws, "rate_limited").await;
-    assert!(first_code_at.elapsed() < Duration::from_secs(5));
 
     // A fresh connection gets a code at once.
     let b = Browser::open(&gw, &fake).await;
@@ -501,18 +500,26 @@ async fn idle_connections_are_closed_and_pongs_keep_others_open() {
     // `alive` keeps reading; the client library answers every ping.
     let mut alive = ws_connect(&gw).await;
     let started = Instant::now();
+    // Pings come every half of the timeout (1 s): a third ping means the
+    // connection outlived the 2 s timeout on its pongs alone.
     let reader = tokio::spawn(async move {
         let mut pings = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
-        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, alive.next()).await {
-            if let Ok(Message::Ping(_)) = msg {
-                pings += 1;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while pings < 3 {
+            let msg = tokio::time::timeout_at(deadline, alive.next())
+                .await
+                .expect("three pings within the wait");
+            match msg {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(c))) => panic!("closed after {pings} pings: {c:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error after {pings} pings: {e}"),
+                None => panic!("socket ended after {pings} pings"),
             }
         }
-        (alive, pings)
+        alive
     });
-    let (mut alive, pings) = reader.await.unwrap();
-    assert!(pings >= 2, "expected a ping per second, got {pings}");
+    let mut alive = reader.await.unwrap();
     expect_nothing_pending(&mut alive).await;
 
     // The quiet one was closed (normal close, reason says why).
@@ -573,14 +580,16 @@ async fn sigterm_closes_browsers_with_1001_and_exits_zero() {
         "Alice"
     );
 
-    let started = Instant::now();
     gw.sigterm();
+    // The page is told why (web/scan-login.js reconnects at once on this
+    // error), then closed with 1001.
+    expect_error(&mut a.ws, "shutting_down").await;
     assert_eq!(expect_close(&mut a.ws).await, Some(CloseCode::Away));
     // The bus connection is closed after what was read got its answer.
     assert_eq!(bus.read_line().await, None);
+    // Within the shutdown grace (5 s) and a margin.
     let status = gw.wait_exit(Duration::from_secs(8)).await;
     assert!(status.success(), "exit {status}:\n{}", gw.stderr());
-    assert!(started.elapsed() < Duration::from_secs(7));
     assert!(gw.stderr().contains("SIGTERM"), "{}", gw.stderr());
 }
 
@@ -1203,7 +1212,7 @@ async fn silent_bus_connections_cannot_block_a_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_bus_connections_are_closed() {
     let fake = FakeWeChat::start().await;
-    let gw = Gw::start(&fake, &["--notify-idle-timeout-seconds", "1"]).await;
+    let gw = Gw::start(&fake, &["--notify-idle-timeout-seconds", "3"]).await;
     let mut a = Browser::open(&gw, &fake).await;
 
     // Bytes without a newline are not activity: closed, nothing answered
@@ -1212,9 +1221,10 @@ async fn idle_bus_connections_are_closed() {
     partial.write(br#"{"type":"#).await;
     assert_eq!(partial.read_line().await, None);
 
-    // A connection that sends a complete line every 300 ms stays open.
+    // A connection that sends a complete line every 300 ms stays open past
+    // the timeout (a margin of 2.7 s for a loaded machine).
     let mut busy = Bus::connect(&gw).await;
-    for i in 0..7 {
+    for i in 0..12 {
         let nickname = format!("n{i}");
         assert_eq!(busy.ask(&scan(a.fd, &nickname, None, None)).await, OK);
         assert_eq!(

@@ -166,6 +166,29 @@ pub struct UserRecord {
     pub display_name: String,
 }
 
+/// A login to count: the event that carries it, the user, and how to
+/// render the reply stored with the event once the user's new login count
+/// is known (the count is read in the same transaction).
+pub struct NewLogin {
+    pub key: String,
+    pub user: UserRecord,
+    pub render: Box<dyn FnOnce(i64) -> String + Send>,
+}
+
+impl NewLogin {
+    pub fn new(
+        key: impl Into<String>,
+        user: UserRecord,
+        render: impl FnOnce(i64) -> String + Send + 'static,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            user,
+            render: Box::new(render),
+        }
+    }
+}
+
 /// What recording a login did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -237,16 +260,8 @@ impl Store {
     /// Counts a login for `user` and marks `key` handled with the reply
     /// `render(count)` builds, in one transaction, if the event is not
     /// already done (see [`Recorded`]).
-    pub async fn record_login<R>(
-        &self,
-        key: String,
-        user: UserRecord,
-        render: R,
-    ) -> Result<Recorded, StoreError>
-    where
-        R: FnOnce(i64) -> String + Send + 'static,
-    {
-        on_backend!(self, s => s.record_login(key, user, render).await)
+    pub async fn record_login(&self, login: NewLogin) -> Result<Recorded, StoreError> {
+        on_backend!(self, s => s.record_login(login).await)
     }
 
     /// Records that a user was seen (a scan that did not log in) without
@@ -267,12 +282,8 @@ impl Store {
 
     /// Records that `sig` vouched for a body with this SHA-1, or says
     /// whether it already did for this body or another one.
-    pub async fn see_signature(
-        &self,
-        sig: String,
-        body_sha1: [u8; 20],
-    ) -> Result<Seen, StoreError> {
-        on_backend!(self, s => s.see_signature(sig, body_sha1).await)
+    pub async fn see_signature(&self, sig: String, sha1: [u8; 20]) -> Result<Seen, StoreError> {
+        on_backend!(self, s => s.see_signature(sig, sha1).await)
     }
 
     /// Stores (or replaces) the user's pending login.

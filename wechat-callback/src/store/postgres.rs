@@ -24,8 +24,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::Host;
 
 use super::{
-    Claim, EVENT_RETENTION, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError, Taken,
-    UserRecord, is_stale, known_version, seen, taken,
+    Claim, EVENT_RETENTION, NewLogin, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError,
+    Taken, UserRecord, is_stale, known_version, seen, taken,
 };
 use crate::envelope::Reply;
 use protocol::wechat::unix_now as now_secs;
@@ -331,15 +331,8 @@ impl Postgres {
         .await
     }
 
-    pub async fn record_login<R>(
-        &self,
-        key: String,
-        user: UserRecord,
-        render: R,
-    ) -> Result<Recorded, StoreError>
-    where
-        R: FnOnce(i64) -> String + Send + 'static,
-    {
+    pub async fn record_login(&self, login: NewLogin) -> Result<Recorded, StoreError> {
+        let NewLogin { key, user, render } = login;
         bounded(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -447,11 +440,7 @@ impl Postgres {
         .await
     }
 
-    pub async fn see_signature(
-        &self,
-        sig: String,
-        body_sha1: [u8; 20],
-    ) -> Result<Seen, StoreError> {
+    pub async fn see_signature(&self, sig: String, sha1: [u8; 20]) -> Result<Seen, StoreError> {
         bounded(async {
             let client = self.client().await?;
             let insert = client
@@ -460,7 +449,7 @@ impl Postgres {
                      ON CONFLICT(sig) DO NOTHING",
                 )
                 .await?;
-            let digest: &[u8] = &body_sha1;
+            let digest: &[u8] = &sha1;
             if client
                 .execute(&insert, &[&sig, &digest, &now_secs()])
                 .await?
@@ -473,7 +462,7 @@ impl Postgres {
                 .await?;
             let stored: Option<Vec<u8>> =
                 client.query_opt(&select, &[&sig]).await?.map(|r| r.get(0));
-            Ok(seen(stored, &body_sha1))
+            Ok(seen(stored, &sha1))
         })
         .await
     }

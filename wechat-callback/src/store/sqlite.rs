@@ -12,8 +12,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Claim, EVENT_RETENTION, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError, Taken,
-    UserRecord, is_stale, known_version, seen, taken,
+    Claim, EVENT_RETENTION, NewLogin, PENDING_GRACE, PendingLogin, Recorded, Seen, StoreError,
+    Taken, UserRecord, is_stale, known_version, seen, taken,
 };
 use crate::envelope::Reply;
 
@@ -174,15 +174,8 @@ impl Sqlite {
         .await
     }
 
-    pub async fn record_login<R>(
-        &self,
-        key: String,
-        user: UserRecord,
-        render: R,
-    ) -> Result<Recorded, StoreError>
-    where
-        R: FnOnce(i64) -> String + Send + 'static,
-    {
+    pub async fn record_login(&self, login: NewLogin) -> Result<Recorded, StoreError> {
+        let NewLogin { key, user, render } = login;
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_secs();
@@ -279,18 +272,14 @@ impl Sqlite {
 
     /// Records that `sig` vouched for a body with this SHA-1, or says
     /// whether it already did for this body or another one.
-    pub async fn see_signature(
-        &self,
-        sig: String,
-        body_sha1: [u8; 20],
-    ) -> Result<Seen, StoreError> {
+    pub async fn see_signature(&self, sig: String, sha1: [u8; 20]) -> Result<Seen, StoreError> {
         self.with(move |c| {
             let inserted = c
                 .prepare_cached(
                     "INSERT INTO signatures(sig, body_sha1, seen_at) VALUES (?1, ?2, ?3)
                      ON CONFLICT(sig) DO NOTHING",
                 )?
-                .execute(params![sig, body_sha1.as_slice(), now_secs()])?;
+                .execute(params![sig, sha1.as_slice(), now_secs()])?;
             if inserted == 1 {
                 return Ok(Seen::New);
             }
@@ -298,7 +287,7 @@ impl Sqlite {
                 .prepare_cached("SELECT body_sha1 FROM signatures WHERE sig = ?1")?
                 .query_row(params![sig], |r| r.get(0))
                 .optional()?;
-            Ok(seen(stored, &body_sha1))
+            Ok(seen(stored, &sha1))
         })
         .await
     }

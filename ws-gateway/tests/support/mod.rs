@@ -678,13 +678,7 @@ pub async fn metrics(gw: &Gw) -> String {
     answer.body
 }
 
-/// The value of a metric line `name value` (or `name{labels} value`).
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.rsplit_once(' ')?;
-        (k == name).then(|| v.parse().ok()).flatten()
-    })
-}
+pub use e2e::http::metric;
 
 /// Waits (bounded) until `check` holds.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
