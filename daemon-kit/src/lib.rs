@@ -5,7 +5,8 @@
 //! ([`telemetry`]), the TCP accept loop ([`accept`]) and the HTTP server
 //! on it ([`http`]), Prometheus text
 //! ([`metrics`]), readiness for `/healthz` ([`health`]) and systemd
-//! readiness and watchdog ([`systemd`]), and exponential [`backoff`].
+//! readiness and watchdog ([`systemd`]), exponential [`backoff`], and
+//! giving freed heap back to the system ([`memory`]).
 
 pub mod accept;
 pub mod backoff;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod shutdown;
 pub mod systemd;

@@ -229,6 +229,11 @@ fn sweep(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
         let counts = gw.registry.sweep(now);
         let buckets = gw.limiter.sweep(now);
         let pages = gw.page_infos.sweep();
+        if counts.shrunk {
+            // The registry just gave back a table sized for a peak: let
+            // glibc return it, and what the peak's connections freed.
+            daemon_kit::memory::give_back();
+        }
         tracing::trace!(
             live = counts.live,
             tombstones = counts.tombstones,

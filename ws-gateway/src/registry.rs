@@ -157,6 +157,8 @@ fn digest(ticket: &str) -> TicketDigest {
 pub struct Counts {
     pub live: usize,
     pub tombstones: usize,
+    /// Whether a shard's map gave back spare capacity in this sweep.
+    pub shrunk: bool,
 }
 
 impl Default for Registry {
@@ -421,6 +423,7 @@ impl Registry {
             });
             if map.capacity() > 64 && map.len() < map.capacity() / 4 {
                 map.shrink_to_fit();
+                counts.shrunk = true;
             }
             for slot in map.values() {
                 match slot {
@@ -554,7 +557,8 @@ mod tests {
             r.counts(),
             Counts {
                 live: 1,
-                tombstones: 1
+                tombstones: 1,
+                shrunk: false
             }
         );
         assert_eq!(r.register_with(now, seq(&[9, 11])), Some(f(11)));
@@ -610,6 +614,25 @@ mod tests {
             "{}",
             std::mem::size_of::<Slot>()
         );
+    }
+
+    /// After a peak, the sweep gives the maps' spare capacity back and
+    /// says so (the gateway then has the allocator return the memory).
+    #[test]
+    fn sweep_shrinks_maps_emptied_after_a_peak() {
+        let r = Registry::new();
+        let now = Instant::now();
+        // 64 shards: some 500 entries each.
+        let fds: Vec<Fd> = (0..32_768).filter_map(|_| r.register(now)).collect();
+        assert_eq!(fds.len(), 32_768);
+        assert!(!r.sweep(now).shrunk, "full maps are not shrunk");
+        for fd in fds {
+            r.remove(fd, now);
+        }
+        let swept = r.sweep(now);
+        assert_eq!((swept.live, swept.tombstones), (0, 0));
+        assert!(swept.shrunk);
+        assert!(!r.sweep(now).shrunk, "shrunk once");
     }
 
     #[test]
