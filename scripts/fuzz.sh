@@ -6,7 +6,7 @@
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Runs on the stable toolchain: `cargo fuzz ... -s none` (no sanitizer;
-# the code under test forbids `unsafe`) passes rustc only stable flags
+# the code under test has no `unsafe`) passes rustc only stable flags
 # (-Cpasses=sancov-module and -Cllvm-args=-sanitizer-coverage-*), so
 # libFuzzer gets its coverage feedback without nightly.
 #
