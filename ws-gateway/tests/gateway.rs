@@ -250,11 +250,12 @@ async fn a_browser_that_does_not_read_gets_client_busy() {
         "never got client_busy"
     );
     assert!(answers[..answers.len() - 1].iter().all(|a| a == OK));
-    let m = http(gw.http, "GET", "/metrics").await.body;
-    assert_eq!(
-        metric(&m, r#"ws_gateway_bus_lines_total{result="client_busy"}"#),
-        Some(1.0)
-    );
+    expect_metric(
+        &gw,
+        r#"ws_gateway_bus_lines_total{result="client_busy"}"#,
+        1.0,
+    )
+    .await;
     // Other browsers are unaffected.
     let mut b = Browser::open(&gw, &fake).await;
     assert_eq!(bus.ask(&scan(b.fd, "Bea", Some(&b.ticket), None)).await, OK);
@@ -384,11 +385,12 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
     assert_eq!(bus.ask(&scan(a.fd, "x", Some(&ticket), None)).await, OK);
     assert_eq!(expect_frame(&mut a.ws, "scan_success").await["user"], "x");
 
-    let m = http(gw.http, "GET", "/metrics").await.body;
-    assert_eq!(
-        metric(&m, r#"ws_gateway_qr_rate_limited_total{reason="refresh"}"#),
-        Some(1.0)
-    );
+    expect_metric(
+        &gw,
+        r#"ws_gateway_qr_rate_limited_total{reason="refresh"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,14 +427,12 @@ async fn qr_mint_rate_limits_each_client_ip() {
     expect_frame(&mut d, "qrcode_url").await;
     assert_eq!(fake.creates(), 3);
 
-    let m = http(gw.http, "GET", "/metrics").await.body;
-    assert_eq!(
-        metric(
-            &m,
-            r#"ws_gateway_qr_rate_limited_total{reason="client_ip"}"#
-        ),
-        Some(2.0)
-    );
+    expect_metric(
+        &gw,
+        r#"ws_gateway_qr_rate_limited_total{reason="client_ip"}"#,
+        2.0,
+    )
+    .await;
 
     // Without --trusted-proxy, X-Forwarded-For is ignored.
     let gw2 = Gw::start(&fake, &["--qr-mint-rate", "1"]).await;
@@ -456,8 +456,7 @@ async fn permanent_wechat_errors_are_not_retried() {
     assert!(!e["message"].as_str().unwrap().contains("retrying"), "{e}");
     // A retry would come after 1 s: give it more than that.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let m = http(gw.http, "GET", "/metrics").await.body;
-    assert_eq!(metric(&m, "ws_gateway_qr_failed_total"), Some(1.0));
+    expect_metric(&gw, "ws_gateway_qr_failed_total", 1.0).await;
     fake.set_failing_with(None);
     a.send(Message::text(r#"{"cmd":"refresh"}"#)).await.unwrap();
     let v = next_json(&mut a).await;
@@ -527,11 +526,7 @@ async fn idle_connections_are_closed_and_pongs_keep_others_open() {
     assert_eq!(expect_close(&mut quiet).await, Some(CloseCode::Normal));
     expect_end(&mut quiet).await;
     assert!(started.elapsed() >= Duration::from_secs(2));
-    let m = http(gw.http, "GET", "/metrics").await.body;
-    assert_eq!(
-        metric(&m, "ws_gateway_connections_idle_closed_total"),
-        Some(1.0)
-    );
+    expect_metric(&gw, "ws_gateway_connections_idle_closed_total", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,12 +593,7 @@ async fn sigint_also_exits_zero() {
     let fake = FakeWeChat::start().await;
     let mut gw = Gw::start(&fake, &[]).await;
     let _a = Browser::open(&gw, &fake).await;
-    let ok = std::process::Command::new("kill")
-        .args(["-INT", &gw.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    gw.signal("INT");
     let status = gw.wait_exit(Duration::from_secs(8)).await;
     assert!(status.success(), "exit {status}:\n{}", gw.stderr());
 }
@@ -1062,14 +1052,12 @@ async fn cross_site_upgrades_are_refused() {
             expect_refused(&gw, &headers, 403).await;
         }
     }
-    let m = metrics(&gw).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"ws_gateway_connections_forbidden_total{reason="origin"}"#
-        ),
-        Some(2.0)
-    );
+    expect_metric(
+        &gw,
+        r#"ws_gateway_connections_forbidden_total{reason="origin"}"#,
+        2.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1134,14 +1122,12 @@ async fn one_client_cannot_take_every_slot() {
     let _a = expect_upgrade(&gw2, &[]).await;
     let _b = expect_upgrade(&gw2, &[("x-forwarded-for", "203.0.113.7")]).await;
     expect_refused(&gw2, &[("x-forwarded-for", "203.0.113.8")], 429).await;
-    let m = metrics(&gw2).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"ws_gateway_connections_forbidden_total{reason="per_ip_limit"}"#
-        ),
-        Some(1.0)
-    );
+    expect_metric(
+        &gw2,
+        r#"ws_gateway_connections_forbidden_total{reason="per_ip_limit"}"#,
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

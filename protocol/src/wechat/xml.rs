@@ -278,11 +278,9 @@ pub enum MessageKind {
         format: String,
         recognition: Option<String>,
     },
+    /// `video`, or `shortvideo` when `short`.
     Video {
-        media_id: String,
-        thumb_media_id: String,
-    },
-    ShortVideo {
+        short: bool,
         media_id: String,
         thumb_media_id: String,
     },
@@ -416,11 +414,8 @@ impl Message {
                 format: text("Format"),
                 recognition: opt("Recognition"),
             },
-            "video" => MessageKind::Video {
-                media_id: text("MediaId"),
-                thumb_media_id: text("ThumbMediaId"),
-            },
-            "shortvideo" => MessageKind::ShortVideo {
+            "video" | "shortvideo" => MessageKind::Video {
+                short: msg_type == "shortvideo",
                 media_id: text("MediaId"),
                 thumb_media_id: text("ThumbMediaId"),
             },
@@ -629,6 +624,23 @@ mod tests {
         assert_eq!(f.get("ScanCodeInfo/ScanType"), Some("qrcode"));
         let m = Message::from_fields(&f).unwrap();
         assert!(matches!(m.kind, MessageKind::Event(Event::Other { .. })));
+    }
+
+    #[test]
+    fn video_and_short_video() {
+        for (msg_type, short) in [("video", false), ("shortvideo", true)] {
+            let body = format!(
+                "<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><CreateTime>1</CreateTime><MsgType>{msg_type}</MsgType><MediaId>m</MediaId><ThumbMediaId>t</ThumbMediaId></xml>"
+            );
+            assert_eq!(
+                Message::parse(body.as_bytes()).unwrap().kind,
+                MessageKind::Video {
+                    short,
+                    media_id: "m".into(),
+                    thumb_media_id: "t".into()
+                }
+            );
+        }
     }
 
     #[test]

@@ -338,6 +338,11 @@ impl Gw {
         self.daemon.signal("TERM");
     }
 
+    /// Sends a signal by name (`INT`, `KILL`, …).
+    pub fn signal(&self, sig: &str) {
+        self.daemon.signal(sig);
+    }
+
     /// Waits (bounded) for the process to exit.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         self.daemon.exited(within).await
@@ -691,4 +696,10 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The gateway's metric `name` (labels included) has the value `want`.
+pub async fn expect_metric(gw: &Gw, name: &str, want: f64) {
+    let m = metrics(gw).await;
+    assert_eq!(metric(&m, name), Some(want), "{name} in\n{m}");
 }
