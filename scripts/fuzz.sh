@@ -16,6 +16,9 @@
 # in fuzz/artifacts/<target>/, printed at the end, and the exit status is 1.
 # Reproduce one with `cd fuzz && cargo fuzz run -s none <target> <file>`.
 #
+# FUZZ_LOG_DIR=<dir> keeps each target's full libFuzzer log there (its
+# status lines show when coverage stopped growing).
+#
 # One fuzzer at a time, one job each. Installs cargo-fuzz if it is missing
 # (scripts/install-test-deps.sh does too).
 set -euo pipefail
@@ -79,6 +82,10 @@ for t in "${targets[@]}"; do
   last="$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)"
   rate="$(grep -E '^stat::average_exec_per_sec' "$log" | awk '{print $2}' || true)"
   echo "$last"
+  if [ -n "${FUZZ_LOG_DIR:-}" ]; then
+    mkdir -p "$FUZZ_LOG_DIR"
+    cp "$log" "$FUZZ_LOG_DIR/$t.log"
+  fi
   summary+=("$(printf '%-12s %s exec/s=%s' "$t" "${last:-no status line}" "${rate:-?}")")
   new="$(comm -13 <(echo "$before") <(ls "artifacts/$t" | sort) | sed '/^$/d' || true)"
   if [ "$status" -ne 0 ] || [ -n "$new" ]; then

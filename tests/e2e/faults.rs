@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use e2e::browser::next_json_within as next_json;
+
 use crate::stack::{Options, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -72,16 +74,15 @@ async fn api_faults_never_break_the_five_second_promise() {
 
     // A new page cannot get a code while the token endpoint is down...
     let url = format!("ws://127.0.0.1:{}/ws", stack.gateway_port);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let first = next_json(&mut ws).await;
+    let mut ws = e2e::browser::connect(&url, &[]).await.unwrap();
+    let first = next_json(&mut ws, WAIT).await;
     assert_eq!(first["error"], "wechat_unavailable", "{first}");
     // ...and gets one, unasked, once it is back.
     clear(&stack).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let v = tokio::time::timeout_at(deadline, next_json(&mut ws))
-            .await
-            .expect("no code after the API came back");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let v = next_json(&mut ws, left).await;
         if v["message_type"] == "qrcode_url" {
             break;
         }
@@ -101,22 +102,6 @@ async fn api_faults_never_break_the_five_second_promise() {
     faults(&stack, json!({"latency_ms": 3000})).await;
     scan_in_time(&stack, &mut page, "oFault0000000000000000000Ft03").await;
     clear(&stack).await;
-}
-
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    use futures_util::StreamExt;
-    loop {
-        match ws.next().await.expect("closed").expect("ws error") {
-            tokio_tungstenite::tungstenite::Message::Text(t) => {
-                return serde_json::from_str(&t).unwrap();
-            }
-            _ => continue,
-        }
-    }
 }
 
 /// SIGKILL of the gateway in the middle of a burst of 500 scans: every
@@ -239,8 +224,6 @@ async fn a_gateway_killed_mid_burst_leaves_an_exact_ledger() {
 /// openid's resend of that ticket is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_pushed_by_an_instance_that_died_is_counted_once_by_the_next() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
     let pg = e2e::postgres::cluster();
     let url = pg.fresh_database("takeover");
     let db = e2e::postgres::Cluster::database_of(&url);
@@ -268,25 +251,17 @@ async fn a_login_pushed_by_an_instance_that_died_is_counted_once_by_the_next() {
         ),
     );
     // ... and pushed the login before it could record it.
-    let bus = tokio::net::TcpStream::connect(("127.0.0.1", stack.notify_port))
-        .await
-        .unwrap();
-    let (r, mut w) = bus.into_split();
-    let mut answers = BufReader::new(r).lines();
-    let mut ask = async |line: Value| {
-        w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        answers.next_line().await.unwrap().unwrap()
-    };
+    let mut bus = e2e::bus::Bus::connect(("127.0.0.1", stack.notify_port)).await;
     let pushed = json!({"type": "scan", "fd": fd, "nickname": "Dead", "openid": openid,
         "ticket": page.ticket});
-    assert_eq!(ask(pushed).await, r#"{"ok":true}"#);
+    assert_eq!(bus.ask(&pushed.to_string()).await, e2e::bus::OK);
     page.wait_for("scan_success", Duration::from_secs(5)).await;
     // Someone else cannot use the resend door.
     let other = json!({"type": "scan", "fd": fd, "nickname": "M", "openid": "o-mallory",
         "ticket": page.ticket, "resend": true});
     assert_eq!(
-        ask(other).await,
-        r#"{"ok":false,"error":"ticket_mismatch"}"#
+        bus.ask(&other.to_string()).await,
+        e2e::bus::err("ticket_mismatch")
     );
 
     // WeChat's retry reaches the surviving instance.

@@ -1,15 +1,12 @@
-//! Starting the three daemons wired together, and a browser stand-in.
+//! Starting the three daemons wired together.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::Daemon;
 use e2e::process::temp_dir;
-use e2e::wechat::{percent_decode, percent_encode};
-use futures_util::{SinkExt, StreamExt};
+use e2e::wechat::percent_encode;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const TOKEN: &str = "e2e-token";
 pub const APPID: &str = "wxe2e000000000001";
@@ -226,114 +223,4 @@ pub async fn sim_post(http: &reqwest::Client, url: &str, body: &Value) -> Value 
     v
 }
 
-/// The ticket inside a `qrcode_url` frame's image URL.
-pub fn percent_decode_ticket(image_url: &str) -> String {
-    percent_decode(image_url.rsplit_once("ticket=").expect("ticket= in url").1)
-}
-
-/// A browser's WebSocket.
-pub struct Browser {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub ticket: String,
-    pub image_url: String,
-}
-
-impl Browser {
-    /// Connects to the gateway on `port` and waits for the first QR code.
-    pub async fn connect(port: u16) -> Browser {
-        Browser::connect_as(port, None).await
-    }
-
-    /// [`Browser::connect`] with a `User-Agent` header, as a browser sends.
-    pub async fn connect_as(port: u16, user_agent: Option<&str>) -> Browser {
-        Browser::connect_to(&format!("127.0.0.1:{port}"), user_agent).await
-    }
-
-    /// [`Browser::connect_as`] to a gateway at `addr` (`host:port`).
-    pub async fn connect_to(addr: &str, user_agent: Option<&str>) -> Browser {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-        if let Some(ua) = user_agent {
-            request
-                .headers_mut()
-                .insert("user-agent", ua.parse().unwrap());
-        }
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connect_async(request))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let mut b = Browser {
-            ws,
-            ticket: String::new(),
-            image_url: String::new(),
-        };
-        let qr = b.next_frame(Duration::from_secs(10)).await;
-        assert_eq!(qr["message_type"], "qrcode_url", "{qr}");
-        b.take_qr(&qr);
-        b
-    }
-
-    fn take_qr(&mut self, qr: &Value) {
-        self.image_url = qr["url"].as_str().unwrap().to_string();
-        self.ticket = percent_decode_ticket(&self.image_url);
-    }
-
-    /// The next JSON text frame (pings are answered by the library).
-    pub async fn next_frame(&mut self, limit: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("no frame in time")
-                .expect("socket closed")
-                .expect("socket error");
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    }
-
-    /// The next JSON text frame, or `None` once the socket is closed (a
-    /// page that neither closes nor sends within `limit` fails the test).
-    pub async fn next_frame_or_close(&mut self, limit: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
-                    return Some(serde_json::from_str(&t).unwrap());
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(_)) | None) => return None,
-                Err(_) => panic!("the page was neither closed nor sent anything in {limit:?}"),
-            }
-        }
-    }
-
-    /// Waits for a frame of `kind`, skipping others, except that an
-    /// `error` frame while waiting for anything else fails the test (with
-    /// the frame): an error is never noise to wait past.
-    pub async fn wait_for(&mut self, kind: &str, limit: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self.next_frame(left).await;
-            if f["message_type"] == kind {
-                if kind == "qrcode_url" {
-                    self.take_qr(&f);
-                }
-                return f;
-            }
-            assert_ne!(
-                f["message_type"], "error",
-                "an error frame arrived while waiting for {kind:?}: {f}"
-            );
-        }
-    }
-
-    pub async fn send(&mut self, text: &str) {
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::text(text))
-            .await
-            .unwrap();
-    }
-}
+pub use e2e::browser::Browser;

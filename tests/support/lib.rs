@@ -1,10 +1,13 @@
-//! Test support shared by the daemons' integration tests and the
-//! end-to-end suite: finding and spawning the real binaries, free ports,
-//! signed and encrypted WeChat callbacks, a fake notify bus and a fake
-//! WeChat API, each on a real socket.
+//! The test kit, shared by the daemons' integration tests, the end-to-end
+//! suite and the benchmarks: finding and spawning the real binaries, test
+//! ports, signed and encrypted WeChat callbacks, the fake notify bus and
+//! the fake WeChat API, the browser and bus clients, HTTP, each on a real
+//! socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
+pub mod bus;
 pub mod fake_api;
 pub mod fake_bus;
 pub mod http;

@@ -163,3 +163,60 @@ pub fn verify_post(
         replay_key: msg_sig.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use protocol::wechat::reply::event_body;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_790_000_000;
+
+    /// A plain-mode callback signed with `token` at `timestamp`, checked at
+    /// [`NOW`] with the default tolerance (300 s).
+    fn verify_at(timestamp: &str) -> Result<Inbound, Rejection> {
+        let settings = crate::config::Config::try_parse_from(["wechat-callback", "--token", "tok"])
+            .expect("flags")
+            .settings()
+            .expect("settings");
+        assert_eq!(settings.timestamp_tolerance, Duration::from_secs(300));
+        let nonce = "n0nce";
+        let query = vec![
+            (
+                "signature".to_string(),
+                signature::signature("tok", timestamp, nonce),
+            ),
+            ("timestamp".to_string(), timestamp.to_string()),
+            ("nonce".to_string(), nonce.to_string()),
+        ];
+        let body = event_body("gh_test", "oUser", NOW, "SCAN", "1048577", None);
+        verify_post(&settings, &query, body.as_bytes(), NOW)
+    }
+
+    /// The window is inclusive: 300 s either side passes, 301 does not.
+    /// (The integration tests use ±360 s, so a clock tick between the
+    /// signing and the check cannot change their outcome.)
+    #[test]
+    fn the_timestamp_window_is_300_seconds_either_side() {
+        for ok in [NOW - 300, NOW, NOW + 300] {
+            assert!(verify_at(&ok.to_string()).is_ok(), "{ok}");
+        }
+        for stale in [NOW - 301, NOW + 301, 0] {
+            assert_eq!(
+                verify_at(&stale.to_string()).err(),
+                Some(Rejection::StaleTimestamp),
+                "{stale}"
+            );
+        }
+    }
+
+    /// A signed timestamp that is not a number is stale, not a panic or a
+    /// pass.
+    #[test]
+    fn a_signed_non_numeric_timestamp_is_stale() {
+        for t in ["", "abc", "1.5e9", "99999999999999999999"] {
+            assert_eq!(verify_at(t).err(), Some(Rejection::StaleTimestamp), "{t:?}");
+        }
+    }
+}

@@ -44,10 +44,10 @@ async fn expect_end(ws: &mut Ws) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qr_code_is_pushed_and_scans_reach_only_their_browser() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut b = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut b = Page::open(&gw, &fake).await;
 
     // The frame: image URL = base + the percent-encoded ticket.
     for br in [&a, &b] {
@@ -68,7 +68,7 @@ async fn qr_code_is_pushed_and_scans_reach_only_their_browser() {
     }
     assert_ne!(a.fd, b.fd);
 
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     let line = serde_json::json!({
         "type": "scan", "fd": a.fd, "nickname": "Alice", "openid": "oAlice",
         "token": "jwt.for.alice", "ticket": a.ticket,
@@ -135,15 +135,15 @@ async fn qr_code_is_pushed_and_scans_reach_only_their_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bus_error_code_in_the_order_of_checks() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let secret = "bus-secret-1-0123456789abcdef0123456";
     let gw = Gw::start(
         &fake,
         &["--notify-secret", secret, "--notify-require-ticket"],
     )
     .await;
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     let s = Some(secret);
     let cases: Vec<(String, String)> = vec![
         ("not json".into(), err("bad_json")),
@@ -188,7 +188,7 @@ async fn every_bus_error_code_in_the_order_of_checks() {
             // Unauthorized lines close the connection: no guessing the
             // secret line after line.
             assert_eq!(bus.read_line().await, None, "still open after {line}");
-            bus = Bus::connect(&gw).await;
+            bus = Bus::connect(gw.notify).await;
         }
     }
     assert_eq!(
@@ -209,7 +209,7 @@ async fn every_bus_error_code_in_the_order_of_checks() {
     assert_eq!(bus.read_line().await, None);
 
     // An over-long partial line (no newline yet) is refused as well.
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     bus.write(&vec![b'x'; protocol::bus::MAX_LINE_BYTES + 10])
         .await;
     assert_eq!(bus.read_line().await, Some(err("line_too_long")));
@@ -228,11 +228,11 @@ async fn every_bus_error_code_in_the_order_of_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_that_does_not_read_gets_client_busy() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
     // This browser reads its code and then never reads again.
-    let a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     let nickname = "n".repeat(60 * 1024);
     let line = scan(a.fd, &nickname, None, None);
     let mut answers = Vec::new();
@@ -257,7 +257,7 @@ async fn a_browser_that_does_not_read_gets_client_busy() {
     )
     .await;
     // Other browsers are unaffected.
-    let mut b = Browser::open(&gw, &fake).await;
+    let mut b = Page::open(&gw, &fake).await;
     assert_eq!(bus.ask(&scan(b.fd, "Bea", Some(&b.ticket), None)).await, OK);
     assert_eq!(expect_frame(&mut b.ws, "scan_success").await["user"], "Bea");
     drop(a);
@@ -265,9 +265,9 @@ async fn a_browser_that_does_not_read_gets_client_busy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_lines_are_answered_in_order_after_half_close() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
     let mut batch = String::new();
     let mut want = Vec::new();
     for i in 0..300u32 {
@@ -291,7 +291,7 @@ async fn pipelined_lines_are_answered_in_order_after_half_close() {
     batch.push_str(&scan(a.fd, "Alice", None, None));
     want.push(OK.to_string());
 
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     bus.write(batch.as_bytes()).await;
     bus.finish().await;
     let got = bus.read_to_end().await;
@@ -323,9 +323,9 @@ async fn the_contract_nc_example_works() {
         has_nc_n,
         "`nc` with -N (netcat-openbsd) is not installed: run scripts/install-test-deps.sh"
     );
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
     let script = format!(
         "echo '{{\"type\":\"scan\",\"fd\":{},\"nickname\":\"Alice\"}}' | nc -N 127.0.0.1 {}",
         a.fd,
@@ -349,9 +349,9 @@ async fn the_contract_nc_example_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_expire_and_refresh_is_spaced_five_seconds() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &["--qr-expire-seconds", "1"]).await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
     let first_code_at = Instant::now();
     assert_eq!(a.code["expire_seconds"], 1);
     expect_frame(&mut a.ws, "qrcode_expired").await;
@@ -361,7 +361,7 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
     expect_error(&mut a.ws, "rate_limited").await;
 
     // A fresh connection gets a code at once.
-    let b = Browser::open(&gw, &fake).await;
+    let b = Page::open(&gw, &fake).await;
     assert_ne!(b.ticket, a.ticket);
 
     // Five seconds after the first code, refresh mints a new one.
@@ -369,7 +369,7 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
     tokio::time::sleep(wait).await;
     send_text(&mut a.ws, r#"{"cmd":"refresh"}"#).await;
     let code = expect_frame(&mut a.ws, "qrcode_url").await;
-    let ticket = ticket_of(&code);
+    let ticket = ticket_of(code["url"].as_str().unwrap());
     assert_ne!(ticket, a.ticket);
     assert_eq!(
         fake.fd_of(&ticket),
@@ -377,7 +377,7 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
         "a refresh keeps the connection's fd"
     );
     // The old ticket is no longer the current one.
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(
         bus.ask(&scan(a.fd, "x", Some(&a.ticket), None)).await,
         err("ticket_mismatch")
@@ -395,7 +395,7 @@ async fn codes_expire_and_refresh_is_spaced_five_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qr_mint_rate_limits_each_client_ip() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(
         &fake,
         &[
@@ -406,8 +406,8 @@ async fn qr_mint_rate_limits_each_client_ip() {
         ],
     )
     .await;
-    let _a = Browser::open(&gw, &fake).await;
-    let _b = Browser::open(&gw, &fake).await;
+    let _a = Page::open(&gw, &fake).await;
+    let _b = Page::open(&gw, &fake).await;
     let mut c = ws_connect(&gw).await;
     expect_error(&mut c, "rate_limited").await;
     // The connection stays open.
@@ -436,7 +436,7 @@ async fn qr_mint_rate_limits_each_client_ip() {
 
     // Without --trusted-proxy, X-Forwarded-For is ignored.
     let gw2 = Gw::start(&fake, &["--qr-mint-rate", "1"]).await;
-    let _e = Browser::open(&gw2, &fake).await;
+    let _e = Page::open(&gw2, &fake).await;
     let mut f = ws_connect_with(&gw2.ws_url("/"), &[("x-forwarded-for", "203.0.113.9")])
         .await
         .unwrap();
@@ -448,7 +448,7 @@ async fn qr_mint_rate_limits_each_client_ip() {
 /// again with `refresh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_wechat_errors_are_not_retried() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     fake.set_failing_with(Some(48001));
     let gw = Gw::start(&fake, &[]).await;
     let mut a = ws_connect(&gw).await;
@@ -465,7 +465,7 @@ async fn permanent_wechat_errors_are_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_failures_are_reported_and_retried() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     fake.set_failing(true);
     let gw = Gw::start(&fake, &[]).await;
     let mut a = ws_connect(&gw).await;
@@ -492,7 +492,7 @@ async fn wechat_failures_are_reported_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_pongs_keep_others_open() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &["--idle-timeout-seconds", "2"]).await;
     // `quiet` never reads, so it never answers the gateway's pings.
     let mut quiet = ws_connect(&gw).await;
@@ -531,10 +531,10 @@ async fn idle_connections_are_closed_and_pongs_keep_others_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_the_upgrade_gets_503() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &["--max-connections", "2"]).await;
-    let mut a = Browser::open(&gw, &fake).await;
-    let _b = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let _b = Page::open(&gw, &fake).await;
     match ws_connect_with(&gw.ws_url("/ws"), &[]).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 503),
         Err(e) => panic!("expected HTTP 503, got {e}"),
@@ -565,10 +565,10 @@ async fn past_max_connections_the_upgrade_gets_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_browsers_with_1001_and_exits_zero() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let mut gw = Gw::start(&fake, &[]).await;
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(bus.ask(&scan(a.fd, "Alice", None, None)).await, OK);
     assert_eq!(
         expect_frame(&mut a.ws, "scan_success").await["user"],
@@ -590,9 +590,9 @@ async fn sigterm_closes_browsers_with_1001_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_also_exits_zero() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let mut gw = Gw::start(&fake, &[]).await;
-    let _a = Browser::open(&gw, &fake).await;
+    let _a = Page::open(&gw, &fake).await;
     gw.signal("INT");
     let status = gw.wait_exit(Duration::from_secs(8)).await;
     assert!(status.success(), "exit {status}:\n{}", gw.stderr());
@@ -639,7 +639,7 @@ fn help_lists_every_flag_with_its_env_var() {
 async fn secrets_never_reach_the_log() {
     let app_secret = "APPSECRET-7f3e9c5d";
     let bus_secret = "NOTIFYSECRET-a1b2c3-0123456789abcdef";
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let mut args = base_args(&fake);
     // The app secret from the command line, the bus secret from env.
     let i = args.iter().position(|a| a == "test-app-secret").unwrap();
@@ -649,14 +649,14 @@ async fn secrets_never_reach_the_log() {
         &[("RUST_LOG", "debug"), ("NOTIFY_SECRET", bus_secret)],
     ))
     .await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
     assert_eq!(fake.secrets(), [app_secret], "the app secret is used");
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(
         bus.ask(&scan(a.fd, "a", None, Some("wrong-secret"))).await,
         err("unauthorized")
     );
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(bus.ask(&scan(a.fd, "a", None, Some(bus_secret))).await, OK);
     expect_frame(&mut a.ws, "scan_success").await;
     gw.sigterm();
@@ -704,7 +704,7 @@ async fn secrets_never_reach_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_layer_flag_over_env_over_file() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let dir = std::env::temp_dir().join(format!("ws-gateway-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
@@ -760,10 +760,10 @@ async fn settings_layer_flag_over_env_over_file() {
     );
     cmd.arg("--idle-timeout-seconds").arg("30");
     let gw = Gw::spawn(cmd).await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
     assert_eq!(a.code["expire_seconds"], 88);
     assert_eq!(fake.appids(), ["wx-from-file"]);
-    let mut bus = Bus::connect(&gw).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(
         bus.ask(&scan(a.fd, "a", None, None)).await,
         err("ticket_required")
@@ -806,7 +806,7 @@ async fn settings_layer_flag_over_env_over_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_assets_health_and_metrics_are_served() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &["--demo-sim-url", "http://sim.test:9000"]).await;
     let page = http(gw.http, "GET", "/").await;
     assert_eq!(page.status, 200);
@@ -858,7 +858,7 @@ async fn page_assets_health_and_metrics_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_commands_and_bad_frames() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
     // The upgrade works on `/` as well as `/ws`.
     let mut ws = ws_connect_with(&gw.ws_url("/"), &[]).await.unwrap();
@@ -883,7 +883,7 @@ async fn browser_commands_and_bad_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_library_runs_in_process_and_stops_on_cancel() {
     use clap::Parser;
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let args = base_args(&fake);
     let config =
         ws_gateway::Config::try_parse_from(std::iter::once("ws-gateway".to_string()).chain(args))
@@ -919,7 +919,7 @@ async fn the_library_runs_in_process_and_stops_on_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_upgrades_are_refused() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
     let host = gw.http.to_string();
     let same_origin = format!("http://{host}");
@@ -980,7 +980,7 @@ async fn cross_site_upgrades_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_every_slot() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(
         &fake,
         &[
@@ -1051,7 +1051,7 @@ async fn one_client_cannot_take_every_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_bus_connections_cannot_block_a_push() {
     const SILENT: usize = 1_100;
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
     let mut silent = Vec::with_capacity(SILENT);
     for _ in 0..SILENT {
@@ -1061,8 +1061,8 @@ async fn silent_bus_connections_cannot_block_a_push() {
             .expect("bus connect");
         silent.push(s);
     }
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(
         bus.ask(&scan(a.fd, "Alice", Some(&a.ticket), None)).await,
         OK
@@ -1115,19 +1115,19 @@ async fn silent_bus_connections_cannot_block_a_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_bus_connections_are_closed() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &["--notify-idle-timeout-seconds", "3"]).await;
-    let mut a = Browser::open(&gw, &fake).await;
+    let mut a = Page::open(&gw, &fake).await;
 
     // Bytes without a newline are not activity: closed, nothing answered
     // (`read_line` waits at most WAIT for the EOF).
-    let mut partial = Bus::connect(&gw).await;
+    let mut partial = Bus::connect(gw.notify).await;
     partial.write(br#"{"type":"#).await;
     assert_eq!(partial.read_line().await, None);
 
     // A connection that sends a complete line every 300 ms stays open past
     // the timeout (a margin of 2.7 s for a loaded machine).
-    let mut busy = Bus::connect(&gw).await;
+    let mut busy = Bus::connect(gw.notify).await;
     for i in 0..12 {
         let nickname = format!("n{i}");
         assert_eq!(busy.ask(&scan(a.fd, &nickname, None, None)).await, OK);
@@ -1158,7 +1158,7 @@ async fn idle_bus_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_bus_needs_a_secret() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let mut public = base_args(&fake);
     let i = public.iter().position(|a| a == "--notify-listen").unwrap();
     public[i + 1] = "0.0.0.0:0".to_string();
@@ -1214,7 +1214,7 @@ async fn a_public_bus_needs_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_access_token_in_logs_when_the_api_fails() {
     let token = "TOKEN-SHOULD-NOT-BE-LOGGED-123";
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     fake.set_access_token(token);
     fake.set_create_drops_connection(true);
     let mut gw = Gw::start_with(&fake, &[], &[("RUST_LOG", "debug")]).await;
@@ -1240,13 +1240,13 @@ async fn no_access_token_in_logs_when_the_api_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_expires_in_does_not_crash() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     fake.set_token_expires_in(u64::MAX);
     let gw = Gw::start(&fake, &[]).await;
-    let a = Browser::open(&gw, &fake).await;
+    let a = Page::open(&gw, &fake).await;
     assert!(a.code["url"].as_str().unwrap().starts_with(IMAGE_BASE));
     // The token was cached, not refetched for the next code.
-    let b = Browser::open(&gw, &fake).await;
+    let b = Page::open(&gw, &fake).await;
     assert_ne!(a.ticket, b.ticket);
     assert_eq!(fake.token_fetches(), 1);
     let health = http(gw.http, "GET", "/healthz").await;
@@ -1259,11 +1259,11 @@ async fn a_huge_expires_in_does_not_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_stops_reading_never_gets_a_login_reported_failed() {
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(&fake, &[]).await;
     // This page reads its code and then stops reading.
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     let nickname = "n".repeat(60 * 1024);
     let line = scan(a.fd, &nickname, None, None);
     let mut oks = 0usize;
@@ -1322,7 +1322,7 @@ async fn a_page_that_stops_reading_never_gets_a_login_reported_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abusive_browsers_are_cut_off_and_others_still_log_in() {
     use tokio::io::AsyncWriteExt;
-    let fake = FakeWeChat::start().await;
+    let fake = FakeApi::start().await;
     let gw = Gw::start(
         &fake,
         &["--max-connections-per-ip", "0", "--qr-mint-rate", "0"],
@@ -1343,12 +1343,12 @@ async fn abusive_browsers_are_cut_off_and_others_still_log_in() {
     // Pages that never read again.
     let mut silent = Vec::new();
     for _ in 0..20 {
-        silent.push(Browser::open(&gw, &fake).await);
+        silent.push(Page::open(&gw, &fake).await);
     }
     // Floods of pings, without reading the pongs until the end.
     let max = ws_gateway::MAX_FRAMES_PER_PING;
     for _ in 0..20 {
-        let mut b = Browser::open(&gw, &fake).await;
+        let mut b = Page::open(&gw, &fake).await;
         for _ in 0..(max as usize * 3) {
             if b.ws.send(Message::text(r#"{"cmd":"ping"}"#)).await.is_err() {
                 break;
@@ -1378,8 +1378,8 @@ async fn abusive_browsers_are_cut_off_and_others_still_log_in() {
     }
 
     // An ordinary page is served as usual.
-    let mut a = Browser::open(&gw, &fake).await;
-    let mut bus = Bus::connect(&gw).await;
+    let mut a = Page::open(&gw, &fake).await;
+    let mut bus = Bus::connect(gw.notify).await;
     assert_eq!(
         bus.ask(&scan(a.fd, "Alice", Some(&a.ticket), None)).await,
         OK
