@@ -24,12 +24,9 @@ pub fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
-/// Seconds since the epoch.
+/// Seconds since the epoch (as the daemons count them).
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    protocol::wechat::unix_now()
 }
 
 /// `signature=..&timestamp=..&nonce=..` for `token`.

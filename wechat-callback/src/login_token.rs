@@ -71,10 +71,7 @@ mod tests {
 
     #[test]
     fn verifies_with_the_same_secret_only() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = protocol::wechat::unix_now();
         let signer = TokenSigner::new("s3cret", "iss-x", Some("https://site"));
         let t = signer.sign("o1", "Alice", Some("u1"), now).unwrap();
         let mut strict = Validation::default();

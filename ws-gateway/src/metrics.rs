@@ -4,7 +4,6 @@
 //! info and the process's own figures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use daemon_kit::metrics::{Counter, Exposition, Gauge, Histogram};
 use protocol::bus::BusError;
@@ -214,9 +213,7 @@ impl DailyCounter {
 /// Days since the Unix epoch in Beijing time (UTC+8): WeChat's daily API
 /// quotas start over at 00:00 there.
 pub fn beijing_day() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| day_at_utc8(d.as_secs()))
+    day_at_utc8(u64::try_from(protocol::wechat::unix_now()).unwrap_or(0))
 }
 
 /// The UTC+8 day of a Unix time.

@@ -92,9 +92,7 @@ impl Minter {
     }
 
     fn log_failure(&self, fd: u32, e: &ApiError) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = u64::try_from(protocol::wechat::unix_now()).unwrap_or(0);
         let last = self.last_warned.load(Ordering::Relaxed);
         if now != last
             && self
