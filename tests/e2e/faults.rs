@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
+use e2e::browser::next_json_within;
 use serde_json::{Value, json};
-
-use e2e::browser::next_json_within as next_json;
 
 use crate::stack::{Options, Stack};
 
@@ -75,14 +74,14 @@ async fn api_faults_never_break_the_five_second_promise() {
     // A new page cannot get a code while the token endpoint is down...
     let url = format!("ws://127.0.0.1:{}/ws", stack.gateway_port);
     let mut ws = e2e::browser::connect(&url, &[]).await.unwrap();
-    let first = next_json(&mut ws, WAIT).await;
+    let first = next_json_within(&mut ws, WAIT).await;
     assert_eq!(first["error"], "wechat_unavailable", "{first}");
     // ...and gets one, unasked, once it is back.
     clear(&stack).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let v = next_json(&mut ws, left).await;
+        let v = next_json_within(&mut ws, left).await;
         if v["message_type"] == "qrcode_url" {
             break;
         }

@@ -14,10 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 
+use crate::WAIT;
 use crate::wechat::percent_decode;
-
-/// The bound on a single wait (a connect, a frame, a send).
-pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<TcpStream>;
 

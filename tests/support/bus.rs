@@ -3,14 +3,11 @@
 //! wants) and reads the answers; and the lines and answers of the contract,
 //! written out by hand so the tests check `protocol`'s parser from outside.
 
-use std::time::Duration;
-
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-/// The bound on a single wait (connect, write, answer).
-const WAIT: Duration = Duration::from_secs(10);
+use crate::WAIT;
 
 /// One notify-bus connection.
 pub struct Bus {

@@ -4,13 +4,10 @@
 //! headers exactly as sent; reading a metric.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The bound on a raw request's connect and on its answer.
-const WAIT: Duration = Duration::from_secs(10);
+use crate::WAIT;
 
 /// The body of `url` as text.
 pub async fn get_text(http: &reqwest::Client, url: &str) -> String {

@@ -17,3 +17,7 @@ pub mod token;
 pub mod wechat;
 
 pub use process::{Daemon, bin_path, free_port};
+
+/// The bound on a single wait of the kit's clients (a connect, a write,
+/// an answer, a frame).
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -12,9 +12,10 @@ use std::ops::{Deref, DerefMut};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use e2e::WAIT;
 pub use e2e::browser::{
-    Browser, WAIT, Ws, connect as ws_connect_with, expect_error, expect_frame,
-    expect_nothing_pending, next_json, send_text, ticket_of,
+    Browser, Ws, connect as ws_connect_with, expect_error, expect_frame, expect_nothing_pending,
+    next_json, send_text, ticket_of,
 };
 pub use e2e::bus::{Bus, OK, err, scan};
 pub use e2e::fake_api::FakeApi;
